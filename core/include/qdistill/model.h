@@ -1,0 +1,100 @@
+/*
+ * qdistill/model.h — models: DAGs of named layers built from YAML.
+ *
+ * A model owns its structure and scratch space; its parameters are a flat
+ * double vector owned by the caller, so that distillers can hold many
+ * parameter vectors (unrolled inner steps, w ± eps v) for one model.
+ * Gradients come back as flat vectors in the same layout.
+ *
+ * A model is not thread-safe: one call at a time per qd_model (layers use
+ * OpenMP/BLAS threads internally).
+ */
+#ifndef QDISTILL_MODEL_H
+#define QDISTILL_MODEL_H
+
+#include "common.h"
+#include "config.h"
+#include "plugin.h"
+#include "registry.h"
+#include "rng.h"
+#include "schema.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct qd_model qd_model;
+
+/* Layer types and their schemas (used by manifest validation and docs). */
+QD_EXPORT size_t qd_layer_type_count(void);
+QD_EXPORT const char *qd_layer_type_name(size_t i);
+QD_EXPORT const qd_param *qd_layer_schema(const char *type);  /* NULL: unknown */
+QD_EXPORT const char *qd_layer_type_doc(const char *type);
+
+typedef struct qd_model_opts {
+    size_t channels, height, width;   /* input shape */
+    size_t classes;
+    uint64_t seed;                    /* manifest seed (plugin streams) */
+    int threads;
+    const char *base_dir;             /* manifest directory */
+    volatile int *stop_flag;
+} qd_model_opts;
+
+/* Build from a validated `model` section ({layers: [...]}). Quantum layers
+ * instantiate their encoder/ansatz/observable/simulator from the registry. */
+QD_EXPORT int qd_model_create(const qd_node *model_section,
+                              const qd_registry *reg,
+                              const qd_model_opts *opts, qd_model **out,
+                              qd_error *err);
+QD_EXPORT void qd_model_destroy(qd_model *m);
+
+QD_EXPORT size_t qd_model_n_params(const qd_model *m);
+QD_EXPORT size_t qd_model_input_size(const qd_model *m);   /* C*H*W */
+QD_EXPORT size_t qd_model_n_classes(const qd_model *m);
+
+/* Fresh initial parameters from rng (each layer's initialiser). */
+QD_EXPORT int qd_model_init_params(qd_model *m, qd_rng *rng, double *params,
+                                   qd_error *err);
+
+/* logits[b * classes + k]. */
+QD_EXPORT int qd_model_forward(qd_model *m, const double *params, size_t batch,
+                               const double *x, double *logits, qd_error *err);
+
+/* Mean cross-entropy over the batch, and its gradients: g_params (n_params,
+ * overwritten) and g_x (batch x input_size, overwritten); either may be NULL.
+ * logits may be NULL. */
+QD_EXPORT int qd_model_loss_grad(qd_model *m, const double *params,
+                                 size_t batch, const double *x,
+                                 const int32_t *labels, double *loss,
+                                 double *g_params, double *g_x,
+                                 double *logits, qd_error *err);
+
+/* Output of a named layer (e.g. the 64 features before the circuit) for a
+ * batch; out has batch x qd_model_layer_size(m, name) entries. */
+QD_EXPORT size_t qd_model_layer_size(const qd_model *m, const char *layer);
+QD_EXPORT int qd_model_forward_to(qd_model *m, const double *params,
+                                  size_t batch, const double *x,
+                                  const char *layer, double *out,
+                                  qd_error *err);
+
+/* Parameter blocks, for reporting, bounds and clipping. */
+typedef struct qd_param_block {
+    const char *layer;      /* layer name */
+    const char *what;       /* "weight", "bias", "alpha", "circuit", "observable" */
+    size_t offset, count;
+} qd_param_block;
+QD_EXPORT size_t qd_model_n_blocks(const qd_model *m);
+QD_EXPORT const qd_param_block *qd_model_block(const qd_model *m, size_t i);
+
+/* Quantum cost so far: summed over the model's quantum layers. */
+QD_EXPORT void qd_model_quantum_stats(const qd_model *m, qd_sim_stats *out);
+
+/* Layer table: name, type, output shape, parameter count (malloc'd text). */
+QD_EXPORT char *qd_model_describe(const qd_model *m);
+/* Circuits of the quantum layers, as qd_circuit_describe prints them. */
+QD_EXPORT char *qd_model_describe_circuits(const qd_model *m);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* QDISTILL_MODEL_H */
