@@ -56,6 +56,11 @@ QD_EXPORT size_t qd_model_n_classes(const qd_model *m);
 QD_EXPORT int qd_model_init_params(qd_model *m, qd_rng *rng, double *params,
                                    qd_error *err);
 
+/* Training mode (off after create): dropout layers with rate > 0 drop
+ * activations only while it is on, drawing from the model's own stream
+ * (derived from opts.seed, "model.dropout"). */
+QD_EXPORT void qd_model_set_training(qd_model *m, int on);
+
 /* logits[b * classes + k]. */
 QD_EXPORT int qd_model_forward(qd_model *m, const double *params, size_t batch,
                                const double *x, double *logits, qd_error *err);

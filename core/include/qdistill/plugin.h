@@ -41,6 +41,7 @@
 #include "rng.h"
 #include "circuit.h"
 #include "data.h"
+#include "log.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -102,10 +103,6 @@ typedef struct qd_param {
 /* ------------------------------------------------------------------------
  * Host API handed to create(): the instance's configuration and services.
  * ---------------------------------------------------------------------- */
-
-typedef enum qd_log_level {
-    QD_LOG_ERROR = 0, QD_LOG_WARN = 1, QD_LOG_INFO = 2, QD_LOG_DEBUG = 3
-} qd_log_level;
 
 typedef struct qd_host qd_host;
 struct qd_host {
@@ -191,6 +188,10 @@ typedef struct qd_observable_vt {
     int (*build)(void *self, uint32_t n_wires, qd_obs_spec *spec);
     /* Number of real parameters (0 for a fixed observable). */
     size_t (*n_params)(void *self);
+    /* Initialise the n_params() parameters from rng. Called at every fresh
+     * initialisation even when n_params() is 0: a fixed observable draws its
+     * fixed matrices here (params may then be NULL), so fixed and trainable
+     * variants consume the same rng stream. */
     int (*init_params)(void *self, qd_rng *rng, double *params);
     /* Term matrices (spec->matrix_len complex entries) from params. */
     int (*matrices)(void *self, const double *params, double complex *mats);

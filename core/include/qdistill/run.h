@@ -1,0 +1,47 @@
+/*
+ * qdistill/run.h — executing an experiment into a run directory.
+ *
+ * Phases, each resumable from the run directory's checkpoint.qdc:
+ *
+ *   distill   when the manifest has `distill:` — outer iterations of the
+ *             distiller plugin, metrics.csv (one row per iteration),
+ *             checkpoints every `checkpoint_every` iterations (and on
+ *             SIGINT/SIGTERM), the best set by validation accuracy kept;
+ *             then synthetic_{images,labels,lrs}.npy and images.png;
+ *   evaluate  the protocol of evaluate.h (distilled set and baselines);
+ *   train     when the manifest has `train:` and no `distill:` — full-data
+ *             training (the reference row of results tables).
+ *
+ * result.json is written last. Re-running on the same run directory skips
+ * finished phases and continues an interrupted one from its checkpoint; with
+ * the same seed and thread count the result is bit-for-bit the one an
+ * uninterrupted run produces.
+ */
+#ifndef QDISTILL_RUN_H
+#define QDISTILL_RUN_H
+
+#include "manifest.h"
+#include "rundir.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct qd_run_opts {
+    volatile int *stop;      /* set by SIGINT/SIGTERM: checkpoint and stop */
+    int threads;             /* 0 = the manifest's */
+} qd_run_opts;
+
+/* Returns QD_OK, QD_ERR_INTERRUPTED (checkpoint written; re-run resumes), or
+ * the failure (err says what and where). */
+QD_EXPORT int qd_run_execute(const qd_manifest *m, const qd_registry *reg,
+                             qd_rundir *rd, const qd_run_opts *opts,
+                             qd_error *err);
+
+/* Core keys of the `distill` section (besides the distiller plugin's own). */
+QD_EXPORT const qd_param *qd_distill_core_schema(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* QDISTILL_RUN_H */
