@@ -309,7 +309,7 @@ static int load(void *self, qd_split split, qd_dataset *out)
 
     idx im = {0}, lb = {0};
     unsigned char *pix = NULL, *lab = NULL;
-    uint32_t d[3], nl;
+    uint32_t d[3] = {0, 0, 0}, nl = 0;
     int rc;
     if ((rc = idx_open(m, fi, &im)) || (rc = idx_open(m, fl, &lb)))
         goto out;

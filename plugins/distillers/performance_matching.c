@@ -174,7 +174,7 @@ static int create(const qd_host *h, void **self)
     p->host = h;
     p->perm_epoch = -1;
     int rc;
-    size_t iters;
+    size_t iters = 0;
     if ((rc = get_count(h, "images_per_class", 1, 100000, &p->ipc)) ||
         (rc = get_count(h, "steps", 1, 100000, &p->steps)) ||
         (rc = get_count(h, "epochs", 1, 100000, &p->epochs)) ||
@@ -498,8 +498,14 @@ static int iterate(void *self, const qd_distill_ctx *ctx, uint64_t it,
         const double *wT;
         if ((rc = qd_unroll_forward(p->unroll, w0, p->steps, p->per_step,
                                     p->params, p->labels, p->lrs, &wT, &e)))
-            return h->error(h, rc, "iteration %llu: %s",
-                            (unsigned long long)it, e.msg);
+            return rc == QD_ERR_NUMERIC
+                       ? h->error(h, rc, "iteration %llu: the inner training "
+                                  "on the synthetic set diverged (not "
+                                  "finite): %s; try a smaller lr_init or an "
+                                  "upper bound lr_max",
+                                  (unsigned long long)it, e.msg)
+                       : h->error(h, rc, "iteration %llu: %s",
+                                  (unsigned long long)it, e.msg);
         double loss;
         rc = qd_model_loss_grad(m, wT, bs, p->xb, p->yb, &loss, p->g_w, NULL,
                                 p->logits, &e);

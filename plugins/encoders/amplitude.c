@@ -8,7 +8,8 @@
 #include "qdistill/plugin.h"
 
 static const qd_param params[] = {
-    {"pad_with", QD_PARAM_DOUBLE, 0, NULL, 0, 0, NULL, 0, NULL,
+    {"pad_with", QD_PARAM_DOUBLE, QD_PARAM_HAS_MIN | QD_PARAM_HAS_MAX, NULL,
+     -1e6, 1e6, NULL, 0, NULL,
      "value appended after the features when n_features < 2^n (no default: "
      "unset means the features must fill 2^n exactly)"},
     {"normalize", QD_PARAM_BOOL, 0, "true", 0, 0, NULL, 0, NULL,

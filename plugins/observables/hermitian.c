@@ -22,10 +22,16 @@
 #include <string.h>
 
 #include "qdistill/plugin.h"
+
+/* glibc defines CMPLX only for GCC; clang gets the equivalent builtin. */
+#ifndef CMPLX
+#define CMPLX(x, y) __builtin_complex((double)(x), (double)(y))
+#endif
 #include "qdistill/schema.h"
 
 static const qd_param params[] = {
-    {"wires", QD_PARAM_LIST, 0, "[]", 0, 0, NULL, QD_PARAM_LIST, NULL,
+    /* elem 0: a list of lists, whose items the plugin checks itself. */
+    {"wires", QD_PARAM_LIST, 0, "[]", 0, 0, NULL, 0, NULL,
      "wires of each term, a list of lists ([[0], [1, 2]]); one output per "
      "term; [] = each wire alone"},
     {"trainable", QD_PARAM_BOOL, 0, "true", 0, 0, NULL, 0, NULL,

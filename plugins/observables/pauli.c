@@ -17,7 +17,8 @@ static const qd_param term_fields[] = {
     {"word", QD_PARAM_STRING, QD_PARAM_REQUIRED, NULL, 0, 0, NULL, 0, NULL,
      "Pauli word: factors <P><wire> separated by spaces, P in I|X|Y|Z "
      "(\"Z0 Z1\", \"X2\"); \"I\" = identity"},
-    {"coeff", QD_PARAM_DOUBLE, 0, "1", 0, 0, NULL, 0, NULL,
+    {"coeff", QD_PARAM_DOUBLE, QD_PARAM_HAS_MIN | QD_PARAM_HAS_MAX, "1", -1e12,
+     1e12, NULL, 0, NULL,
      "real coefficient of the word"},
     {"output", QD_PARAM_INT, QD_PARAM_HAS_MIN | QD_PARAM_HAS_MAX, NULL, 0,
      65535, NULL, 0, NULL,

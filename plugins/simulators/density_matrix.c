@@ -47,6 +47,11 @@
 
 #include "qdistill/plugin.h"
 
+/* glibc defines CMPLX only for GCC; clang gets the equivalent builtin. */
+#ifndef CMPLX
+#define CMPLX(x, y) __builtin_complex((double)(x), (double)(y))
+#endif
+
 typedef double complex cplx;
 
 /* A 2^12 x 2^12 density matrix is already 256 MiB, and backward keeps about
@@ -96,6 +101,8 @@ typedef struct noise {
     uint32_t *wires;
     char where[160];
     cplx S[16], Sa[16];         /* superoperator and its adjoint */
+    int real;                   /* both are real (every channel here) */
+    double Sr[16], Sar[16];
 } noise;
 
 typedef struct dm {
@@ -166,6 +173,12 @@ static void channel_superop(noise *ns)
     }
     }
     superop(K, nk, ns->S, ns->Sa);
+    ns->real = 1;
+    for (int i = 0; i < 16; i++) {
+        ns->real &= cimag(ns->S[i]) == 0 && cimag(ns->Sa[i]) == 0;
+        ns->Sr[i] = creal(ns->S[i]);
+        ns->Sar[i] = creal(ns->Sa[i]);
+    }
 }
 
 /* ------------------------------------------------------------------------
@@ -434,6 +447,20 @@ static int prog_build(dm *s, const qd_sim_job *job, int for_grad_w,
                           qd_gate_name((qd_gate)op->gate), n);
             break;
         }
+        int want_angles = op->gate == QD_GATE_UNITARY
+                              ? 0
+                              : qd_gate_n_angles((qd_gate)op->gate);
+        size_t dd = (size_t)1 << (2 * op->n_wires);
+        if ((int)op->n_angles != want_angles ||
+            (op->gate == QD_GATE_UNITARY &&
+             (!c->matrices || op->data + dd > c->n_matrices)) ||
+            (op->gate != QD_GATE_UNITARY &&
+             qd_gate_n_wires((qd_gate)op->gate) != (int)op->n_wires)) {
+            rc = h->error(h, QD_ERR_INVALID,
+                          "op %zu (%s): malformed (angles, wires or matrix)",
+                          i, qd_gate_name((qd_gate)op->gate));
+            break;
+        }
         for (uint32_t k = 0; k < op->n_angles && !rc; k++) {
             const qd_angle *a = &op->angle[k];
             if ((a->src == QD_SRC_WEIGHT && a->index >= c->n_weights) ||
@@ -597,6 +624,31 @@ static void apply2(cplx *v, size_t len, unsigned p_hi, unsigned p_lo,
     }
 }
 
+/* apply2 for a real 4x4 m (the channels' superoperators): half the flops,
+ * and zero entries skipped. */
+static void apply2_real(cplx *v, size_t len, unsigned p_hi, unsigned p_lo,
+                        const double *m)
+{
+    unsigned lo = p_hi < p_lo ? p_hi : p_lo, hi = p_hi < p_lo ? p_lo : p_hi;
+    size_t bh = (size_t)1 << p_hi, bl = (size_t)1 << p_lo;
+    for (size_t k = 0; k < len / 4; k++) {
+        size_t i0 = ins0(ins0(k, lo), hi);
+        size_t idx[4] = {i0, i0 | bl, i0 | bh, i0 | bh | bl};
+        cplx a[4] = {v[idx[0]], v[idx[1]], v[idx[2]], v[idx[3]]};
+        for (int r = 0; r < 4; r++) {
+            double re = 0.0, im = 0.0;
+            for (int c = 0; c < 4; c++) {
+                double w = m[4 * r + c];
+                if (w != 0.0) {
+                    re += w * creal(a[c]);
+                    im += w * cimag(a[c]);
+                }
+            }
+            v[idx[r]] = CMPLX(re, im);
+        }
+    }
+}
+
 /* Tr(sigma A rho) with A local on the row bits of the op's wires, using
  * sigma's Hermiticity: sum_rc conj(sigma_rc) (A rho)_rc. */
 static cplx tr_sig_a_rho(const cplx *sig, const cplx *rho, size_t len,
@@ -637,6 +689,62 @@ static inline unsigned colbit(const prog *pg, uint32_t w)
     return pg->n - 1 - w;
 }
 
+/* A monomial matrix (one non-zero per row: diagonal and permutation gates
+ * such as RZ, CZ, CNOT, X, SWAP) is applied without the dense product:
+ * out[r] = coef[r] a[perm[r]], skipping rows that stay as they are. Returns
+ * 0 when m is not monomial. */
+static int monomial(const cplx *m, size_t d, int *perm, cplx *coef)
+{
+    for (size_t r = 0; r < d; r++) {
+        int col = -1;
+        for (size_t c = 0; c < d; c++)
+            if (m[r * d + c] != 0) {
+                if (col >= 0)
+                    return 0;
+                col = (int)c;
+            }
+        if (col < 0)
+            return 0;
+        perm[r] = col;
+        coef[r] = m[r * d + col];
+    }
+    return 1;
+}
+
+static void apply_mono(cplx *v, size_t len, uint32_t nb, unsigned p_hi,
+                       unsigned p_lo, const int *perm, const cplx *coef)
+{
+    int keep[4], one[4];
+    size_t d = (size_t)1 << nb;
+    for (size_t r = 0; r < d; r++) {
+        one[r] = coef[r] == 1;
+        keep[r] = one[r] && perm[r] == (int)r;
+    }
+    if (nb == 1) {
+        size_t bit = (size_t)1 << p_hi;
+        for (size_t k = 0; k < len / 2; k++) {
+            size_t idx[2];
+            idx[0] = ins0(k, p_hi);
+            idx[1] = idx[0] | bit;
+            cplx a[2] = {v[idx[0]], v[idx[1]]};
+            for (int r = 0; r < 2; r++)
+                if (!keep[r])
+                    v[idx[r]] = one[r] ? a[perm[r]] : cmul(coef[r], a[perm[r]]);
+        }
+        return;
+    }
+    unsigned lo = p_hi < p_lo ? p_hi : p_lo, hi = p_hi < p_lo ? p_lo : p_hi;
+    size_t bh = (size_t)1 << p_hi, bl = (size_t)1 << p_lo;
+    for (size_t k = 0; k < len / 4; k++) {
+        size_t i0 = ins0(ins0(k, lo), hi);
+        size_t idx[4] = {i0, i0 | bl, i0 | bh, i0 | bh | bl};
+        cplx a[4] = {v[idx[0]], v[idx[1]], v[idx[2]], v[idx[3]]};
+        for (int r = 0; r < 4; r++)
+            if (!keep[r])
+                v[idx[r]] = one[r] ? a[perm[r]] : cmul(coef[r], a[perm[r]]);
+    }
+}
+
 /* U rho U^+ (adjoint = 0) or U^+ sigma U (adjoint = 1). */
 static void apply_gate(const prog *pg, const qd_op *op, const cplx *U,
                        cplx *v, int adjoint)
@@ -653,9 +761,20 @@ static void apply_gate(const prog *pg, const qd_op *op, const cplx *U,
                 R[i * d + j] = U[j * d + i];          /* U^T on columns */
             }
         }
+    int perm[4];
+    cplx coef[4];
+    unsigned r0 = rowbit(pg, op->wires[0]), c0 = colbit(pg, op->wires[0]);
+    unsigned r1 = op->n_wires == 2 ? rowbit(pg, op->wires[1]) : 0;
+    unsigned c1 = op->n_wires == 2 ? colbit(pg, op->wires[1]) : 0;
+    if (monomial(L, d, perm, coef)) {
+        apply_mono(v, pg->len, op->n_wires, r0, r1, perm, coef);
+        monomial(R, d, perm, coef);   /* same pattern, conjugated */
+        apply_mono(v, pg->len, op->n_wires, c0, c1, perm, coef);
+        return;
+    }
     if (op->n_wires == 1) {
-        apply1(v, pg->len, rowbit(pg, op->wires[0]), L);
-        apply1(v, pg->len, colbit(pg, op->wires[0]), R);
+        apply1(v, pg->len, r0, L);
+        apply1(v, pg->len, c0, R);
     } else {
         apply2(v, pg->len, rowbit(pg, op->wires[0]), rowbit(pg, op->wires[1]), L);
         apply2(v, pg->len, colbit(pg, op->wires[0]), colbit(pg, op->wires[1]), R);
@@ -694,8 +813,11 @@ static void apply_step(const sample *sm, size_t st, cplx *v, int adjoint)
     const step *sp = &pg->steps[st];
     if (sp->kind == ST_CHAN) {
         const noise *ns = &sm->s->noise[sp->chan];
-        apply2(v, pg->len, rowbit(pg, sp->wire), colbit(pg, sp->wire),
-               adjoint ? ns->Sa : ns->S);
+        unsigned rb = rowbit(pg, sp->wire), cb = colbit(pg, sp->wire);
+        if (ns->real)
+            apply2_real(v, pg->len, rb, cb, adjoint ? ns->Sar : ns->Sr);
+        else
+            apply2(v, pg->len, rb, cb, adjoint ? ns->Sa : ns->S);
         return;
     }
     const qd_op *op = &pg->c->ops[sp->op];

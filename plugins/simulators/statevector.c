@@ -39,9 +39,11 @@ typedef double complex cplx;
 
 /* Largest register: 2^30 amplitudes are 16 GiB per state vector. */
 #define SV_MAX_WIRES 30u
-/* Work (amplitudes x block width) below which a gate is not split over
- * threads: the fork/join would cost more than the gate. */
-#define SV_PAR_MIN_WORK ((size_t)1 << 13)
+/* Work (amplitudes x block width) below which a gate, a blocked run or a
+ * reduction is not split over threads. A parallel region costs a few
+ * microseconds on an idle machine but up to a scheduler time slice on a
+ * busy one; 2^17 amplitudes (2 MiB) of work keeps that cost small. */
+#define SV_PAR_MIN_WORK ((size_t)1 << 17)
 /* Loop length from which reductions are split into SV_RED_CHUNKS partial
  * sums; a function of the loop length only, so results do not depend on the
  * thread count. */
@@ -54,9 +56,35 @@ typedef double complex cplx;
 #define SV_DENSE_BLOCK 2048
 /* Largest register for the dense route (U has 4^n entries). */
 #define SV_DENSE_MAX_WIRES 10u
+/* Cache blocking: chunk size (bits) and gates per blocked run. */
+#define SV_CHUNK_BITS 14u
+#define SV_SEG_MAX 32
 
 enum { DIFF_ADJOINT = 0, DIFF_PSHIFT = 1, DIFF_FD = 2 };
 enum { ROUTE_AUTO = 0, ROUTE_GATES = 1, ROUTE_DENSE = 2 };
+
+/* Scratch buffers kept by the instance between calls (grow only), so a
+ * training loop does not pay allocation and page faults on every call. */
+enum {
+    BUF_STATES, BUF_SCRATCH, BUF_WORKERS, BUF_U, BUF_UR, BUF_UI, BUF_PR,
+    BUF_PI, BUF_A, BUF_PHR, BUF_PHI, BUF_XR, BUF_XI, BUF_XC, BUF_RHO, BUF_GW,
+    BUF_EX, BUF_EB, BUF_FSTATES, BUF_FP_OPS, BUF_FP_MATS, BUF_FP_W,
+    BUF_FP_X, BUF_TPART, BUF_RHOALL, BUF_XPART, BUF_PRE, BUF_COUNT_
+};
+
+/* What the last forward pass ran, so that the following backward pass of
+ * the same job can start from its final states instead of re-simulating:
+ * gates route: the states in BUF_FSTATES; dense route: U and the batch's
+ * states in BUF_U.. BUF_PI. Exact copies of ops, matrices, weights and
+ * inputs are compared, so a changed job is never mistaken for the cached
+ * one. */
+typedef struct fcache {
+    int valid;
+    int dense;
+    const qd_circuit *c;
+    size_t n_ops, n_mats, batch;
+    uint32_t n_wires, n_w, n_in;
+} fcache;
 
 typedef struct sv {
     const qd_host *host;
@@ -65,11 +93,38 @@ typedef struct sv {
     long long shots;
     double fd_step;
     qd_sim_stats stats;
+    void *buf[BUF_COUNT_];
+    size_t buf_len[BUF_COUNT_];
+    fcache fc;
 } sv;
 
+/* A buffer of at least `bytes` for `slot` (contents undefined), NULL when
+ * out of memory. */
+static void *sv_buf(sv *S, int slot, size_t bytes)
+{
+    if (bytes == 0)
+        bytes = 16;
+    if (S->buf_len[slot] < bytes) {
+        free(S->buf[slot]);
+        S->buf[slot] = malloc(bytes);
+        S->buf_len[slot] = S->buf[slot] ? bytes : 0;
+    }
+    return S->buf[slot];
+}
+
+static void *sv_buf0(sv *S, int slot, size_t bytes)
+{
+    void *p = sv_buf(S, slot, bytes);
+    if (p)
+        memset(p, 0, bytes);
+    return p;
+}
+
 /* ------------------------------------------------------------------------
- * Complex helpers (written out: C's `*` on complex numbers goes through the
- * NaN-safe libgcc routine unless -fcx-limited-range).
+ * Complex arithmetic. Scalar helpers are written out (C's `*` on complex
+ * numbers goes through the NaN-safe libgcc routine unless
+ * -fcx-limited-range); the kernels use two-lane vectors, one complex
+ * number per vector: m * x = re(m) x + (-im(m), im(m)) swap(x).
  * ---------------------------------------------------------------------- */
 
 SV_ALWAYS_INLINE cplx cmul(cplx a, cplx b)
@@ -83,6 +138,28 @@ SV_ALWAYS_INLINE cplx cmulc(cplx a, cplx b)
 {
     double ar = creal(a), ai = cimag(a), br = creal(b), bi = cimag(b);
     return CMPLX(ar * br + ai * bi, ar * bi - ai * br);
+}
+
+typedef double v2d __attribute__((vector_size(16), may_alias, aligned(8)));
+
+typedef struct vc {
+    v2d r, i;   /* (re, re), (-im, im) */
+} vc;
+
+SV_ALWAYS_INLINE v2d vld(const cplx *p) { return *(const v2d *)p; }
+SV_ALWAYS_INLINE void vst(cplx *p, v2d v) { *(v2d *)p = v; }
+SV_ALWAYS_INLINE v2d vswap(v2d x) { return (v2d){x[1], x[0]}; }
+SV_ALWAYS_INLINE vc vconst(cplx m)
+{
+    vc c = {{creal(m), creal(m)}, {-cimag(m), cimag(m)}};
+    return c;
+}
+/* m x, with xs = swap(x) */
+SV_ALWAYS_INLINE v2d vmul(vc m, v2d x, v2d xs) { return m.r * x + m.i * xs; }
+/* fold accumulators P += l * u, Q += l * swap(u) into conj(l) u */
+SV_ALWAYS_INLINE cplx vfold(v2d P, v2d Q)
+{
+    return CMPLX(P[0] + P[1], Q[0] - Q[1]);
 }
 
 /* Insert a zero bit at position p of k. */
@@ -124,7 +201,7 @@ typedef struct kern {
     size_t W;
     unsigned pa, pb;        /* bit of wires[0], wires[1] */
     unsigned plo, phi;      /* the two bits sorted */
-    cplx m[16];
+    const cplx *m;          /* gate matrix (owned by the pgate) */
     /* terms */
     const size_t *off;
     const unsigned *pos;
@@ -136,61 +213,105 @@ typedef struct kern {
 
 typedef void (*range_fn)(const kern *K, size_t lo, size_t hi, double *acc);
 
-SV_ALWAYS_INLINE size_t quad_base(const kern *K, size_t k)
+/*
+ * Loop over the pair index k in [lo, hi) of bit p, giving i0 (bit p clear)
+ * in runs of consecutive indices, so the inner loop is a plain stride-1
+ * loop without bit arithmetic.
+ */
+#define SV_FOR_PAIRS(lo, hi, p, i0, ...)                                     \
+    do {                                                                     \
+        const size_t st_ = (size_t)1 << (p);                                 \
+        if (st_ == 1) { /* adjacent pairs */                                 \
+            for (size_t k_ = (lo); k_ < (hi); k_++) {                        \
+                const size_t i0 = 2 * k_;                                    \
+                __VA_ARGS__                                                  \
+            }                                                                \
+            break;                                                           \
+        }                                                                    \
+        for (size_t k_ = (lo); k_ < (hi);) {                                 \
+            size_t run_ = st_ - (k_ & (st_ - 1));                            \
+            if (run_ > (hi) - k_)                                            \
+                run_ = (hi) - k_;                                            \
+            const size_t b_ = ins0(k_, (p));                                 \
+            for (size_t j_ = 0; j_ < run_; j_++) {                           \
+                const size_t i0 = b_ + j_;                                   \
+                __VA_ARGS__                                                  \
+            }                                                                \
+            k_ += run_;                                                      \
+        }                                                                    \
+    } while (0)
+
+/* The same for two bits (lo < hi): base index with both bits clear. */
+#define SV_FOR_QUADS(K, lo, hi, i0, ...)                                     \
+    do {                                                                     \
+        const size_t st_ = (size_t)1 << (K)->plo;                            \
+        for (size_t k_ = (lo); k_ < (hi);) {                                 \
+            size_t run_ = st_ - (k_ & (st_ - 1));                            \
+            if (run_ > (hi) - k_)                                            \
+                run_ = (hi) - k_;                                            \
+            const size_t b_ = ins0(ins0(k_, (K)->plo), (K)->phi);            \
+            for (size_t j_ = 0; j_ < run_; j_++) {                           \
+                const size_t i0 = b_ + j_;                                   \
+                __VA_ARGS__                                                  \
+            }                                                                \
+            k_ += run_;                                                      \
+        }                                                                    \
+    } while (0)
+
+/* (a, b) <- M (a, b) on W consecutive entries */
+SV_ALWAYS_INLINE void pair_apply(cplx *a, cplx *b, size_t W, vc m0, vc m1,
+                                 vc m2, vc m3)
 {
-    return ins0(ins0(k, K->plo), K->phi);
+    for (size_t w = 0; w < W; w++) {
+        v2d x = vld(a + w), y = vld(b + w);
+        v2d xs = vswap(x), ys = vswap(y);
+        vst(a + w, vmul(m0, x, xs) + vmul(m1, y, ys));
+        vst(b + w, vmul(m2, x, xs) + vmul(m3, y, ys));
+    }
+}
+
+SV_ALWAYS_INLINE void swap_rows(cplx *a, cplx *b, size_t W)
+{
+    for (size_t w = 0; w < W; w++) {
+        v2d t = vld(a + w);
+        vst(a + w, vld(b + w));
+        vst(b + w, t);
+    }
 }
 
 /* general 2x2 on bit pa */
 SV_ALWAYS_INLINE void g1_body(const kern *K, size_t lo, size_t hi, size_t W)
 {
     cplx *s = K->s;
-    const unsigned p = K->pa;
-    const size_t st = (size_t)1 << p;
-    const cplx m0 = K->m[0], m1 = K->m[1], m2 = K->m[2], m3 = K->m[3];
-    for (size_t k = lo; k < hi; k++) {
-        size_t i0 = ins0(k, p);
-        cplx *a = s + i0 * W, *b = s + (i0 | st) * W;
-        for (size_t w = 0; w < W; w++) {
-            cplx x = a[w], y = b[w];
-            a[w] = cmul(m0, x) + cmul(m1, y);
-            b[w] = cmul(m2, x) + cmul(m3, y);
-        }
-    }
+    const size_t st = (size_t)1 << K->pa;
+    const vc m0 = vconst(K->m[0]), m1 = vconst(K->m[1]),
+             m2 = vconst(K->m[2]), m3 = vconst(K->m[3]);
+    SV_FOR_PAIRS(lo, hi, K->pa, i0,
+                 { pair_apply(s + i0 * W, s + (i0 | st) * W, W, m0, m1, m2, m3); });
 }
 
 /* diagonal 2x2 on bit pa */
 SV_ALWAYS_INLINE void d1_body(const kern *K, size_t lo, size_t hi, size_t W)
 {
     cplx *s = K->s;
-    const unsigned p = K->pa;
-    const size_t st = (size_t)1 << p;
-    const cplx m0 = K->m[0], m3 = K->m[3];
-    for (size_t k = lo; k < hi; k++) {
-        size_t i0 = ins0(k, p);
+    const size_t st = (size_t)1 << K->pa;
+    const vc m0 = vconst(K->m[0]), m3 = vconst(K->m[3]);
+    SV_FOR_PAIRS(lo, hi, K->pa, i0, {
         cplx *a = s + i0 * W, *b = s + (i0 | st) * W;
         for (size_t w = 0; w < W; w++) {
-            a[w] = cmul(m0, a[w]);
-            b[w] = cmul(m3, b[w]);
+            v2d x = vld(a + w), y = vld(b + w);
+            vst(a + w, vmul(m0, x, vswap(x)));
+            vst(b + w, vmul(m3, y, vswap(y)));
         }
-    }
+    });
 }
 
 /* Pauli X on bit pa */
 SV_ALWAYS_INLINE void x1_body(const kern *K, size_t lo, size_t hi, size_t W)
 {
     cplx *s = K->s;
-    const unsigned p = K->pa;
-    const size_t st = (size_t)1 << p;
-    for (size_t k = lo; k < hi; k++) {
-        size_t i0 = ins0(k, p);
-        cplx *a = s + i0 * W, *b = s + (i0 | st) * W;
-        for (size_t w = 0; w < W; w++) {
-            cplx t = a[w];
-            a[w] = b[w];
-            b[w] = t;
-        }
-    }
+    const size_t st = (size_t)1 << K->pa;
+    SV_FOR_PAIRS(lo, hi, K->pa, i0, { swap_rows(s + i0 * W, s + (i0 | st) * W, W); });
 }
 
 /* 2x2 block m[0..3] on target pb where control pa is set */
@@ -198,57 +319,40 @@ SV_ALWAYS_INLINE void c2_body(const kern *K, size_t lo, size_t hi, size_t W)
 {
     cplx *s = K->s;
     const size_t ca = (size_t)1 << K->pa, tb = (size_t)1 << K->pb;
-    const cplx m0 = K->m[0], m1 = K->m[1], m2 = K->m[2], m3 = K->m[3];
-    for (size_t k = lo; k < hi; k++) {
-        size_t i0 = quad_base(K, k) | ca;
-        cplx *a = s + i0 * W, *b = s + (i0 | tb) * W;
-        for (size_t w = 0; w < W; w++) {
-            cplx x = a[w], y = b[w];
-            a[w] = cmul(m0, x) + cmul(m1, y);
-            b[w] = cmul(m2, x) + cmul(m3, y);
-        }
-    }
+    const vc m0 = vconst(K->m[0]), m1 = vconst(K->m[1]),
+             m2 = vconst(K->m[2]), m3 = vconst(K->m[3]);
+    SV_FOR_QUADS(K, lo, hi, i0, {
+        size_t i = i0 | ca;
+        pair_apply(s + i * W, s + (i | tb) * W, W, m0, m1, m2, m3);
+    });
 }
 
 SV_ALWAYS_INLINE void cn_body(const kern *K, size_t lo, size_t hi, size_t W)
 {
     cplx *s = K->s;
     const size_t ca = (size_t)1 << K->pa, tb = (size_t)1 << K->pb;
-    for (size_t k = lo; k < hi; k++) {
-        size_t i0 = quad_base(K, k) | ca;
-        cplx *a = s + i0 * W, *b = s + (i0 | tb) * W;
-        for (size_t w = 0; w < W; w++) {
-            cplx t = a[w];
-            a[w] = b[w];
-            b[w] = t;
-        }
-    }
+    SV_FOR_QUADS(K, lo, hi, i0, {
+        size_t i = i0 | ca;
+        swap_rows(s + i * W, s + (i | tb) * W, W);
+    });
 }
 
 SV_ALWAYS_INLINE void cz_body(const kern *K, size_t lo, size_t hi, size_t W)
 {
     cplx *s = K->s;
     const size_t both = ((size_t)1 << K->pa) | ((size_t)1 << K->pb);
-    for (size_t k = lo; k < hi; k++) {
-        cplx *a = s + (quad_base(K, k) | both) * W;
+    SV_FOR_QUADS(K, lo, hi, i0, {
+        cplx *a = s + (i0 | both) * W;
         for (size_t w = 0; w < W; w++)
-            a[w] = -a[w];
-    }
+            vst(a + w, -vld(a + w));
+    });
 }
 
 SV_ALWAYS_INLINE void sw_body(const kern *K, size_t lo, size_t hi, size_t W)
 {
     cplx *s = K->s;
     const size_t ba = (size_t)1 << K->pa, bb = (size_t)1 << K->pb;
-    for (size_t k = lo; k < hi; k++) {
-        size_t i0 = quad_base(K, k);
-        cplx *a = s + (i0 | ba) * W, *b = s + (i0 | bb) * W;
-        for (size_t w = 0; w < W; w++) {
-            cplx t = a[w];
-            a[w] = b[w];
-            b[w] = t;
-        }
-    }
+    SV_FOR_QUADS(K, lo, hi, i0, { swap_rows(s + (i0 | ba) * W, s + (i0 | bb) * W, W); });
 }
 
 /* general 4x4 on (pa, pb), basis |wires[0] wires[1]> */
@@ -256,80 +360,102 @@ SV_ALWAYS_INLINE void g2_body(const kern *K, size_t lo, size_t hi, size_t W)
 {
     cplx *s = K->s;
     const size_t ba = (size_t)1 << K->pa, bb = (size_t)1 << K->pb;
-    const cplx *m = K->m;
-    for (size_t k = lo; k < hi; k++) {
-        size_t i0 = quad_base(K, k);
+    vc m[16];
+    for (int i = 0; i < 16; i++)
+        m[i] = vconst(K->m[i]);
+    SV_FOR_QUADS(K, lo, hi, i0, {
         cplx *r[4] = {s + i0 * W, s + (i0 | bb) * W, s + (i0 | ba) * W,
                       s + (i0 | ba | bb) * W};
         for (size_t w = 0; w < W; w++) {
-            cplx v[4] = {r[0][w], r[1][w], r[2][w], r[3][w]};
+            v2d v[4], vs[4];
+            for (int j = 0; j < 4; j++) {
+                v[j] = vld(r[j] + w);
+                vs[j] = vswap(v[j]);
+            }
             for (int i = 0; i < 4; i++)
-                r[i][w] = cmul(m[4 * i], v[0]) + cmul(m[4 * i + 1], v[1]) +
-                          cmul(m[4 * i + 2], v[2]) + cmul(m[4 * i + 3], v[3]);
+                vst(r[i] + w, vmul(m[4 * i], v[0], vs[0]) + vmul(m[4 * i + 1], v[1], vs[1]) +
+                                  vmul(m[4 * i + 2], v[2], vs[2]) +
+                                  vmul(m[4 * i + 3], v[3], vs[3]));
         }
-    }
+    });
 }
 
 /*
  * Fused adjoint step for a parametrised gate on a pair of rows (a, b):
  *   psi <- M psi, lam <- M lam   (M = G^dagger)
  * and the cross matrix C[r][c] = sum conj(lam_old_r) psi_new_c is
- * accumulated (acc: 8 doubles), from which every angle's contribution
+ * accumulated, from which every angle's contribution
  * Re sum_rc dG[r][c] C[r][c] follows outside the loop.
  */
+typedef struct cross {
+    v2d P[4], Q[4];
+} cross;
+
 SV_ALWAYS_INLINE void fused_pair(cplx *pa_, cplx *pb_, cplx *la, cplx *lb,
-                                 size_t W, cplx m0, cplx m1, cplx m2, cplx m3,
-                                 cplx *c00, cplx *c01, cplx *c10, cplx *c11)
+                                 size_t W, vc m0, vc m1, vc m2, vc m3, cross *C)
 {
     for (size_t w = 0; w < W; w++) {
-        cplx x = pa_[w], y = pb_[w];
-        cplx u = cmul(m0, x) + cmul(m1, y);
-        cplx v = cmul(m2, x) + cmul(m3, y);
-        pa_[w] = u;
-        pb_[w] = v;
-        cplx l0 = la[w], l1 = lb[w];
-        *c00 += cmulc(l0, u);
-        *c01 += cmulc(l0, v);
-        *c10 += cmulc(l1, u);
-        *c11 += cmulc(l1, v);
-        la[w] = cmul(m0, l0) + cmul(m1, l1);
-        lb[w] = cmul(m2, l0) + cmul(m3, l1);
+        v2d x = vld(pa_ + w), y = vld(pb_ + w);
+        v2d xs = vswap(x), ys = vswap(y);
+        v2d u = vmul(m0, x, xs) + vmul(m1, y, ys);
+        v2d v = vmul(m2, x, xs) + vmul(m3, y, ys);
+        vst(pa_ + w, u);
+        vst(pb_ + w, v);
+        v2d us = vswap(u), vs = vswap(v);
+        v2d l0 = vld(la + w), l1 = vld(lb + w);
+        C->P[0] += l0 * u;
+        C->Q[0] += l0 * us;
+        C->P[1] += l0 * v;
+        C->Q[1] += l0 * vs;
+        C->P[2] += l1 * u;
+        C->Q[2] += l1 * us;
+        C->P[3] += l1 * v;
+        C->Q[3] += l1 * vs;
+        v2d l0s = vswap(l0), l1s = vswap(l1);
+        vst(la + w, vmul(m0, l0, l0s) + vmul(m1, l1, l1s));
+        vst(lb + w, vmul(m2, l0, l0s) + vmul(m3, l1, l1s));
+    }
+}
+
+SV_ALWAYS_INLINE void cross_out(const cross *C, double *acc)
+{
+    for (int i = 0; i < 4; i++) {
+        cplx c = vfold(C->P[i], C->Q[i]);
+        acc[2 * i] += creal(c);
+        acc[2 * i + 1] += cimag(c);
     }
 }
 
 SV_ALWAYS_INLINE void f1_body(const kern *K, size_t lo, size_t hi, double *acc,
                               size_t W)
 {
-    cplx c00 = 0, c01 = 0, c10 = 0, c11 = 0;
-    const unsigned p = K->pa;
-    const size_t st = (size_t)1 << p;
-    for (size_t k = lo; k < hi; k++) {
-        size_t i0 = ins0(k, p), i1 = i0 | st;
+    cross C;
+    memset(&C, 0, sizeof C);
+    const size_t st = (size_t)1 << K->pa;
+    const vc m0 = vconst(K->m[0]), m1 = vconst(K->m[1]),
+             m2 = vconst(K->m[2]), m3 = vconst(K->m[3]);
+    SV_FOR_PAIRS(lo, hi, K->pa, i0, {
+        size_t i1 = i0 | st;
         fused_pair(K->s + i0 * W, K->s + i1 * W, K->l + i0 * W, K->l + i1 * W,
-                   W, K->m[0], K->m[1], K->m[2], K->m[3], &c00, &c01, &c10,
-                   &c11);
-    }
-    acc[0] += creal(c00); acc[1] += cimag(c00);
-    acc[2] += creal(c01); acc[3] += cimag(c01);
-    acc[4] += creal(c10); acc[5] += cimag(c10);
-    acc[6] += creal(c11); acc[7] += cimag(c11);
+                   W, m0, m1, m2, m3, &C);
+    });
+    cross_out(&C, acc);
 }
 
 SV_ALWAYS_INLINE void fc_body(const kern *K, size_t lo, size_t hi, double *acc,
                               size_t W)
 {
-    cplx c00 = 0, c01 = 0, c10 = 0, c11 = 0;
+    cross C;
+    memset(&C, 0, sizeof C);
     const size_t ca = (size_t)1 << K->pa, tb = (size_t)1 << K->pb;
-    for (size_t k = lo; k < hi; k++) {
-        size_t i0 = quad_base(K, k) | ca, i1 = i0 | tb;
-        fused_pair(K->s + i0 * W, K->s + i1 * W, K->l + i0 * W, K->l + i1 * W,
-                   W, K->m[0], K->m[1], K->m[2], K->m[3], &c00, &c01, &c10,
-                   &c11);
-    }
-    acc[0] += creal(c00); acc[1] += cimag(c00);
-    acc[2] += creal(c01); acc[3] += cimag(c01);
-    acc[4] += creal(c10); acc[5] += cimag(c10);
-    acc[6] += creal(c11); acc[7] += cimag(c11);
+    const vc m0 = vconst(K->m[0]), m1 = vconst(K->m[1]),
+             m2 = vconst(K->m[2]), m3 = vconst(K->m[3]);
+    SV_FOR_QUADS(K, lo, hi, i0, {
+        size_t i = i0 | ca, i1 = i | tb;
+        fused_pair(K->s + i * W, K->s + i1 * W, K->l + i * W, K->l + i1 * W,
+                   W, m0, m1, m2, m3, &C);
+    });
+    cross_out(&C, acc);
 }
 
 /* Range functions: specialise W = 1 (one sample) so its inner loop
@@ -365,6 +491,246 @@ SV_RANGE(g2)
 SV_RANGE_ACC(f1)
 SV_RANGE_ACC(fc)
 
+/* ------------------------------------------------------------------------
+ * AVX2 + FMA variants of the two hottest kernels (general 2x2 gate and the
+ * fused adjoint step) for one state (W = 1) and bit p >= 1, where two
+ * consecutive pairs share a 256-bit vector. Chosen at run time when the
+ * CPU has AVX2 and FMA; the build stays portable. Every element goes
+ * through the same fused multiply-add sequence whether it is computed in a
+ * 256-bit or (at the odd end of a run) a 128-bit register, so results do
+ * not depend on where a range is split.
+ * ---------------------------------------------------------------------- */
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#define SV_HAVE_AVX2 1
+#define SV_AVX __attribute__((target("avx2,fma")))
+
+/* QDISTILL_SV_GENERIC=1 forces the portable kernels (for tests and for
+ * comparing machines). */
+static int sv_cpu_avx2(void)
+{
+    static int cached = -1;
+    if (cached < 0) {
+        const char *env = getenv("QDISTILL_SV_GENERIC");
+        __builtin_cpu_init();
+        cached = !(env && env[0] == '1') && __builtin_cpu_supports("avx2") &&
+                 __builtin_cpu_supports("fma");
+    }
+    return cached;
+}
+
+typedef struct vc4 {
+    __m256d r, i;       /* (re x4), (-im, im, -im, im) */
+} vc4;
+
+SV_AVX static inline vc4 vc4_const(cplx m)
+{
+    vc4 c = {_mm256_set1_pd(creal(m)),
+             _mm256_setr_pd(-cimag(m), cimag(m), -cimag(m), cimag(m))};
+    return c;
+}
+
+/* a x + b y (xs, ys: re/im swapped), one fixed FMA order */
+SV_AVX static inline __m256d mix4(vc4 a, __m256d x, __m256d xs, vc4 b,
+                                  __m256d y, __m256d ys)
+{
+    __m256d t = _mm256_mul_pd(a.r, x);
+    t = _mm256_fmadd_pd(a.i, xs, t);
+    t = _mm256_fmadd_pd(b.r, y, t);
+    return _mm256_fmadd_pd(b.i, ys, t);
+}
+
+SV_AVX static inline __m128d lo2(__m256d v) { return _mm256_castpd256_pd128(v); }
+
+SV_AVX static inline __m128d mix2(vc4 a, __m128d x, __m128d xs, vc4 b,
+                                  __m128d y, __m128d ys)
+{
+    __m128d t = _mm_mul_pd(lo2(a.r), x);
+    t = _mm_fmadd_pd(lo2(a.i), xs, t);
+    t = _mm_fmadd_pd(lo2(b.r), y, t);
+    return _mm_fmadd_pd(lo2(b.i), ys, t);
+}
+
+SV_AVX static void g1_avx_range(const kern *K, size_t lo, size_t hi, double *acc)
+{
+    (void)acc;
+    double *s = (double *)K->s;
+    const unsigned p = K->pa;
+    const size_t st = (size_t)1 << p;
+    const vc4 m0 = vc4_const(K->m[0]), m1 = vc4_const(K->m[1]),
+              m2 = vc4_const(K->m[2]), m3 = vc4_const(K->m[3]);
+    for (size_t k = lo; k < hi;) {
+        size_t run = st - (k & (st - 1));
+        if (run > hi - k)
+            run = hi - k;
+        double *a = s + 2 * ins0(k, p), *b = a + 2 * st;
+        size_t j = 0;
+        for (; j + 2 <= run; j += 2) {
+            __m256d x = _mm256_loadu_pd(a + 2 * j), y = _mm256_loadu_pd(b + 2 * j);
+            __m256d xs = _mm256_permute_pd(x, 5), ys = _mm256_permute_pd(y, 5);
+            _mm256_storeu_pd(a + 2 * j, mix4(m0, x, xs, m1, y, ys));
+            _mm256_storeu_pd(b + 2 * j, mix4(m2, x, xs, m3, y, ys));
+        }
+        for (; j < run; j++) {
+            __m128d x = _mm_loadu_pd(a + 2 * j), y = _mm_loadu_pd(b + 2 * j);
+            __m128d xs = _mm_permute_pd(x, 1), ys = _mm_permute_pd(y, 1);
+            _mm_storeu_pd(a + 2 * j, mix2(m0, x, xs, m1, y, ys));
+            _mm_storeu_pd(b + 2 * j, mix2(m2, x, xs, m3, y, ys));
+        }
+        k += run;
+    }
+}
+
+/* bit 0: a pair is one vector [x | y]; lanes compute m0 x + m1 y and
+ * m2 x + m3 y with the same FMA order as mix4 */
+SV_AVX static void g1_avx0_range(const kern *K, size_t lo, size_t hi, double *acc)
+{
+    (void)acc;
+    double *s = (double *)K->s;
+    const cplx *m = K->m;
+    const __m256d Lr = _mm256_setr_pd(creal(m[0]), creal(m[0]), creal(m[2]), creal(m[2]));
+    const __m256d Li = _mm256_setr_pd(-cimag(m[0]), cimag(m[0]), -cimag(m[2]), cimag(m[2]));
+    const __m256d Rr = _mm256_setr_pd(creal(m[1]), creal(m[1]), creal(m[3]), creal(m[3]));
+    const __m256d Ri = _mm256_setr_pd(-cimag(m[1]), cimag(m[1]), -cimag(m[3]), cimag(m[3]));
+    for (size_t k = lo; k < hi; k++) {
+        __m256d v = _mm256_loadu_pd(s + 4 * k);
+        __m256d xx = _mm256_permute2f128_pd(v, v, 0x00), yy = _mm256_permute2f128_pd(v, v, 0x11);
+        __m256d t = _mm256_mul_pd(Lr, xx);
+        t = _mm256_fmadd_pd(Li, _mm256_permute_pd(xx, 5), t);
+        t = _mm256_fmadd_pd(Rr, yy, t);
+        t = _mm256_fmadd_pd(Ri, _mm256_permute_pd(yy, 5), t);
+        _mm256_storeu_pd(s + 4 * k, t);
+    }
+}
+
+/* rho of a 1-wire term on bit p >= 1 (see rho1_range) */
+SV_AVX static void rho1_avx_range(const kern *K, size_t lo, size_t hi, double *acc)
+{
+    const double *x = (const double *)K->x;
+    const unsigned p = K->pos[0];
+    const size_t st = (size_t)1 << p;
+    __m256d Paa = _mm256_setzero_pd(), Pbb = Paa, Pab = Paa, Qab = Paa;
+    __m128d paa = _mm_setzero_pd(), pbb = paa, pab = paa, qab = paa;
+    for (size_t k = lo; k < hi;) {
+        size_t run = st - (k & (st - 1));
+        if (run > hi - k)
+            run = hi - k;
+        const double *a = x + 2 * ins0(k, p), *b = a + 2 * st;
+        size_t j = 0;
+        for (; j + 2 <= run; j += 2) {
+            __m256d va = _mm256_loadu_pd(a + 2 * j), vb = _mm256_loadu_pd(b + 2 * j);
+            Paa = _mm256_fmadd_pd(va, va, Paa);
+            Pbb = _mm256_fmadd_pd(vb, vb, Pbb);
+            Pab = _mm256_fmadd_pd(va, vb, Pab);
+            Qab = _mm256_fmadd_pd(vb, _mm256_permute_pd(va, 5), Qab);
+        }
+        for (; j < run; j++) {
+            __m128d va = _mm_loadu_pd(a + 2 * j), vb = _mm_loadu_pd(b + 2 * j);
+            paa = _mm_fmadd_pd(va, va, paa);
+            pbb = _mm_fmadd_pd(vb, vb, pbb);
+            pab = _mm_fmadd_pd(va, vb, pab);
+            qab = _mm_fmadd_pd(vb, _mm_permute_pd(va, 1), qab);
+        }
+        k += run;
+    }
+    double v[4][4], w[4][2];
+    _mm256_storeu_pd(v[0], Paa);
+    _mm256_storeu_pd(v[1], Pbb);
+    _mm256_storeu_pd(v[2], Pab);
+    _mm256_storeu_pd(v[3], Qab);
+    _mm_storeu_pd(w[0], paa);
+    _mm_storeu_pd(w[1], pbb);
+    _mm_storeu_pd(w[2], pab);
+    _mm_storeu_pd(w[3], qab);
+    double aa = ((v[0][0] + v[0][1]) + (v[0][2] + v[0][3])) + (w[0][0] + w[0][1]);
+    double bb = ((v[1][0] + v[1][1]) + (v[1][2] + v[1][3])) + (w[1][0] + w[1][1]);
+    double re = ((v[2][0] + v[2][1]) + (v[2][2] + v[2][3])) + (w[2][0] + w[2][1]);
+    double im = ((v[3][0] - v[3][1]) + (v[3][2] - v[3][3])) + (w[3][0] - w[3][1]);
+    acc[0] += aa;
+    acc[2] += re;
+    acc[3] += im;
+    acc[4] += re;
+    acc[5] -= im;
+    acc[6] += bb;
+}
+
+SV_AVX static void f1_avx_range(const kern *K, size_t lo, size_t hi, double *acc)
+{
+    double *s = (double *)K->s, *l = (double *)K->l;
+    const unsigned p = K->pa;
+    const size_t st = (size_t)1 << p;
+    const vc4 m0 = vc4_const(K->m[0]), m1 = vc4_const(K->m[1]),
+              m2 = vc4_const(K->m[2]), m3 = vc4_const(K->m[3]);
+    __m256d P[4], Q[4];
+    __m128d p2[4], q2[4];
+    for (int i = 0; i < 4; i++) {
+        P[i] = Q[i] = _mm256_setzero_pd();
+        p2[i] = q2[i] = _mm_setzero_pd();
+    }
+    for (size_t k = lo; k < hi;) {
+        size_t run = st - (k & (st - 1));
+        if (run > hi - k)
+            run = hi - k;
+        size_t off = 2 * ins0(k, p);
+        double *pa = s + off, *pb = pa + 2 * st, *la = l + off, *lb = la + 2 * st;
+        size_t j = 0;
+        for (; j + 2 <= run; j += 2) {
+            __m256d x = _mm256_loadu_pd(pa + 2 * j), y = _mm256_loadu_pd(pb + 2 * j);
+            __m256d xs = _mm256_permute_pd(x, 5), ys = _mm256_permute_pd(y, 5);
+            __m256d u = mix4(m0, x, xs, m1, y, ys), v = mix4(m2, x, xs, m3, y, ys);
+            _mm256_storeu_pd(pa + 2 * j, u);
+            _mm256_storeu_pd(pb + 2 * j, v);
+            __m256d us = _mm256_permute_pd(u, 5), vs = _mm256_permute_pd(v, 5);
+            __m256d l0 = _mm256_loadu_pd(la + 2 * j), l1 = _mm256_loadu_pd(lb + 2 * j);
+            P[0] = _mm256_fmadd_pd(l0, u, P[0]);
+            Q[0] = _mm256_fmadd_pd(l0, us, Q[0]);
+            P[1] = _mm256_fmadd_pd(l0, v, P[1]);
+            Q[1] = _mm256_fmadd_pd(l0, vs, Q[1]);
+            P[2] = _mm256_fmadd_pd(l1, u, P[2]);
+            Q[2] = _mm256_fmadd_pd(l1, us, Q[2]);
+            P[3] = _mm256_fmadd_pd(l1, v, P[3]);
+            Q[3] = _mm256_fmadd_pd(l1, vs, Q[3]);
+            __m256d l0s = _mm256_permute_pd(l0, 5), l1s = _mm256_permute_pd(l1, 5);
+            _mm256_storeu_pd(la + 2 * j, mix4(m0, l0, l0s, m1, l1, l1s));
+            _mm256_storeu_pd(lb + 2 * j, mix4(m2, l0, l0s, m3, l1, l1s));
+        }
+        for (; j < run; j++) {
+            __m128d x = _mm_loadu_pd(pa + 2 * j), y = _mm_loadu_pd(pb + 2 * j);
+            __m128d xs = _mm_permute_pd(x, 1), ys = _mm_permute_pd(y, 1);
+            __m128d u = mix2(m0, x, xs, m1, y, ys), v = mix2(m2, x, xs, m3, y, ys);
+            _mm_storeu_pd(pa + 2 * j, u);
+            _mm_storeu_pd(pb + 2 * j, v);
+            __m128d us = _mm_permute_pd(u, 1), vs = _mm_permute_pd(v, 1);
+            __m128d l0 = _mm_loadu_pd(la + 2 * j), l1 = _mm_loadu_pd(lb + 2 * j);
+            p2[0] = _mm_fmadd_pd(l0, u, p2[0]);
+            q2[0] = _mm_fmadd_pd(l0, us, q2[0]);
+            p2[1] = _mm_fmadd_pd(l0, v, p2[1]);
+            q2[1] = _mm_fmadd_pd(l0, vs, q2[1]);
+            p2[2] = _mm_fmadd_pd(l1, u, p2[2]);
+            q2[2] = _mm_fmadd_pd(l1, us, q2[2]);
+            p2[3] = _mm_fmadd_pd(l1, v, p2[3]);
+            q2[3] = _mm_fmadd_pd(l1, vs, q2[3]);
+            __m128d l0s = _mm_permute_pd(l0, 1), l1s = _mm_permute_pd(l1, 1);
+            _mm_storeu_pd(la + 2 * j, mix2(m0, l0, l0s, m1, l1, l1s));
+            _mm_storeu_pd(lb + 2 * j, mix2(m2, l0, l0s, m3, l1, l1s));
+        }
+        k += run;
+    }
+    /* conj(l) u: re = sum of P lanes, im = Q[even] - Q[odd] */
+    for (int i = 0; i < 4; i++) {
+        double pv[4], qv[4], pw[2], qw[2];
+        _mm256_storeu_pd(pv, P[i]);
+        _mm256_storeu_pd(qv, Q[i]);
+        _mm_storeu_pd(pw, p2[i]);
+        _mm_storeu_pd(qw, q2[i]);
+        acc[2 * i] += ((pv[0] + pv[1]) + (pv[2] + pv[3])) + (pw[0] + pw[1]);
+        acc[2 * i + 1] += ((qv[0] - qv[1]) + (qv[2] - qv[3])) + (qw[0] - qw[1]);
+    }
+}
+#endif
+
+/* ---- terms (W = 1) ---- */
+
 /* Base index of rest index r for a term (zeros inserted at its bits). */
 SV_ALWAYS_INLINE size_t term_base(const kern *K, size_t r)
 {
@@ -373,7 +739,26 @@ SV_ALWAYS_INLINE size_t term_base(const kern *K, size_t r)
     return r;
 }
 
-/* s += coef * (H (x) I) x  for one term (W = 1). */
+/* s += coef * (H (x) I) x for a 1-wire term: a pair loop. */
+static void ta1_range(const kern *K, size_t lo, size_t hi, double *acc)
+{
+    (void)acc;
+    const unsigned p = K->pos[0];
+    const size_t st = (size_t)1 << p;
+    const vc h0 = vconst(K->coef * K->h[0]), h1 = vconst(K->coef * K->h[1]),
+             h2 = vconst(K->coef * K->h[2]), h3 = vconst(K->coef * K->h[3]);
+    const cplx *x = K->x;
+    cplx *s = K->s;
+    SV_FOR_PAIRS(lo, hi, p, i0, {
+        size_t i1 = i0 | st;
+        v2d a = vld(x + i0), b = vld(x + i1);
+        v2d as = vswap(a), bs = vswap(b);
+        vst(s + i0, vld(s + i0) + vmul(h0, a, as) + vmul(h1, b, bs));
+        vst(s + i1, vld(s + i1) + vmul(h2, a, as) + vmul(h3, b, bs));
+    });
+}
+
+/* s += coef * (H (x) I) x for a k-wire term. */
 static void ta_range(const kern *K, size_t lo, size_t hi, double *acc)
 {
     (void)acc;
@@ -393,10 +778,36 @@ static void ta_range(const kern *K, size_t lo, size_t hi, double *acc)
     }
 }
 
-/* acc (2 d^2 doubles) += rho[i][j] = sum_rest x_i conj(x_j) (W = 1). */
+/* acc += rho of a 1-wire term: [rho00, rho01 (re, im), rho11] kept as
+ * 2x2 = 8 doubles, rho10 = conj(rho01). */
+static void rho1_range(const kern *K, size_t lo, size_t hi, double *acc)
+{
+    const unsigned p = K->pos[0];
+    const size_t st = (size_t)1 << p;
+    const cplx *x = K->x;
+    v2d Paa = {0, 0}, Pbb = {0, 0}, Pab = {0, 0}, Qab = {0, 0};
+    SV_FOR_PAIRS(lo, hi, p, i0, {
+        v2d a = vld(x + i0), b = vld(x + (i0 | st));
+        Paa += a * a;
+        Pbb += b * b;
+        Pab += a * b;          /* Re a conj(b) = ar br + ai bi */
+        Qab += b * vswap(a);   /* Im a conj(b) = ai br - ar bi */
+    });
+    double re01 = Pab[0] + Pab[1], im01 = Qab[0] - Qab[1];
+    acc[0] += Paa[0] + Paa[1];
+    acc[2] += re01;
+    acc[3] += im01;
+    acc[4] += re01;
+    acc[5] -= im01;
+    acc[6] += Pbb[0] + Pbb[1];
+}
+
+/* acc (2 d^2 doubles) += rho[i][j] = sum_rest x_i conj(x_j). */
 static void rho_range(const kern *K, size_t lo, size_t hi, double *acc)
 {
     const size_t d = K->d;
+    double *loc = calloc(2 * d * d, sizeof *loc);
+    double *a = loc ? loc : acc; /* local sums keep acc out of the loop */
     cplx v[64];
     for (size_t r = lo; r < hi; r++) {
         size_t base = term_base(K, r);
@@ -404,11 +815,30 @@ static void rho_range(const kern *K, size_t lo, size_t hi, double *acc)
             v[i] = K->x[base + K->off[i]];
         for (size_t i = 0; i < d; i++)
             for (size_t j = 0; j < d; j++) {
-                cplx p = cmulc(v[j], v[i]);
-                acc[2 * (i * d + j)] += creal(p);
-                acc[2 * (i * d + j) + 1] += cimag(p);
+                cplx q = cmulc(v[j], v[i]);
+                a[2 * (i * d + j)] += creal(q);
+                a[2 * (i * d + j) + 1] += cimag(q);
             }
     }
+    if (loc) {
+        for (size_t i = 0; i < 2 * d * d; i++)
+            acc[i] += loc[i];
+        free(loc);
+    }
+}
+
+/* The rho kernel for a term of k wires, lowest bit p0. */
+static range_fn rho_fn(unsigned k, unsigned p0)
+{
+    if (k != 1)
+        return rho_range;
+#ifdef SV_HAVE_AVX2
+    if (p0 >= 1 && sv_cpu_avx2())
+        return rho1_avx_range;
+#else
+    (void)p0;
+#endif
+    return rho1_range;
 }
 
 /* ---- drivers ---- */
@@ -477,40 +907,80 @@ static void kern_wires(kern *K, const qd_op *op, unsigned n)
     }
 }
 
-/* Apply op's gate (adj: its adjoint) to s (2^n rows of W). */
-static void apply_gate(const qd_circuit *c, const qd_op *op,
-                       const double *theta, cplx *s, unsigned n, size_t W,
-                       int adj, int par)
+/* A gate ready to run: its kernel, loop shape and matrix (or, for the fused
+ * adjoint step, G^dagger and the derivative blocks). */
+typedef struct pgate {
+    range_fn fn;
+    kern K;
+    cplx mat[16];         /* K.m points here: a pgate is never copied */
+    int quads;            /* loop over quadruples (2-wire) or pairs */
+    int frac;             /* rows touched per loop index, for the work size */
+    uint32_t nd;
+    cplx d[3][4];         /* derivative blocks (fused) */
+} pgate;
+
+/* A run of local gates of the adjoint sweep, in reverse op order. */
+typedef struct sweep_seg {
+    int ng;
+    pgate g[SV_SEG_MAX];          /* storage for gates prepared here */
+    const pgate *gp[SV_SEG_MAX];  /* the gates to run (here or prepared) */
+    size_t op[SV_SEG_MAX];
+    int fused[SV_SEG_MAX];
+    int need[SV_SEG_MAX][QD_OP_MAX_ANGLES];
+} sweep_seg;
+
+/* Prepare op with angles theta: plain (adj: its adjoint) or, when fused,
+ * the adjoint step that also yields the cross matrix for gradients. */
+static void gate_prepare(const qd_circuit *c, const qd_op *op,
+                         const double *theta, unsigned n, size_t W, int adj,
+                         int fused, pgate *g)
 {
-    uint32_t g = op->gate;
-    if (!gate_has_matrix(g))
-        return;
-    kern K = {0};
-    K.s = s;
-    K.W = W;
-    kern_wires(&K, op, n);
-    size_t dim = (size_t)1 << n;
-    cplx m[16];
-    qd_op_matrix(c, op, theta, m, NULL);
+    memset(g, 0, sizeof *g);
+    uint32_t gt = op->gate;
+    g->K.W = W;
+    g->K.m = g->mat;
+    kern_wires(&g->K, op, n);
+    cplx m[16], dm[3 * 16];
+    qd_op_matrix(c, op, theta, m, fused ? dm : NULL);
+    if (fused)
+        adj = 1;
     if (op->n_wires == 1) {
         if (adj)
             adj2(m);
-        memcpy(K.m, m, 4 * sizeof *m);
-        range_fn fn = g == QD_GATE_X ? x1_range
-                      : gate_is_diag1(g) ? d1_range
-                                         : g1_range;
-        par_run(fn, &K, dim / 2, dim * W, par);
+        memcpy(g->mat, m, 4 * sizeof *m);
+        g->quads = 0;
+        g->frac = 2;
+        if (fused) {
+            g->fn = f1_range;
+            g->nd = op->n_angles;
+            for (uint32_t a = 0; a < op->n_angles; a++)
+                memcpy(g->d[a], dm + 4 * a, 4 * sizeof *m);
+        } else {
+            g->fn = gt == QD_GATE_X ? x1_range : gate_is_diag1(gt) ? d1_range : g1_range;
+        }
+#ifdef SV_HAVE_AVX2
+        if (W == 1 && sv_cpu_avx2()) {
+            if (g->fn == f1_range && g->K.pa >= 1)
+                g->fn = f1_avx_range;
+            else if (g->fn == g1_range)
+                g->fn = g->K.pa >= 1 ? g1_avx_range : g1_avx0_range;
+        }
+#endif
         return;
     }
-    switch (g) {
+    g->quads = 1;
+    switch (gt) {
     case QD_GATE_CNOT:
-        par_run(cn_range, &K, dim / 4, dim * W / 2, par);
+        g->fn = cn_range;
+        g->frac = 2;
         break;
     case QD_GATE_CZ:
-        par_run(cz_range, &K, dim / 4, dim * W / 4, par);
+        g->fn = cz_range;
+        g->frac = 1;
         break;
     case QD_GATE_SWAP:
-        par_run(sw_range, &K, dim / 4, dim * W / 2, par);
+        g->fn = sw_range;
+        g->frac = 2;
         break;
     case QD_GATE_CRX:
     case QD_GATE_CRY:
@@ -518,17 +988,79 @@ static void apply_gate(const qd_circuit *c, const qd_op *op,
         cplx b[4] = {m[10], m[11], m[14], m[15]};
         if (adj)
             adj2(b);
-        memcpy(K.m, b, sizeof b);
-        par_run(c2_range, &K, dim / 4, dim * W / 2, par);
+        memcpy(g->mat, b, sizeof b);
+        g->frac = 2;
+        g->fn = fused ? fc_range : c2_range;
+        if (fused) {
+            g->nd = op->n_angles;
+            for (uint32_t a = 0; a < op->n_angles; a++) {
+                const cplx *x = dm + 16 * a;
+                g->d[a][0] = x[10];
+                g->d[a][1] = x[11];
+                g->d[a][2] = x[14];
+                g->d[a][3] = x[15];
+            }
+        }
         break;
     }
     default:
         if (adj)
             adj4(m);
-        memcpy(K.m, m, sizeof m);
-        par_run(g2_range, &K, dim / 4, dim * W, par);
+        memcpy(g->mat, m, sizeof m);
+        g->fn = g2_range;
+        g->frac = 4;
         break;
     }
+}
+
+static size_t pgate_total(const pgate *g, unsigned nl)
+{
+    return ((size_t)1 << nl) >> (g->quads ? 2 : 1);
+}
+
+/* Run a plain gate on 2^nl rows starting at s (all its bits below nl). */
+static void pgate_run(const pgate *g, cplx *s, unsigned nl, int par)
+{
+    kern K = g->K;
+    K.s = s;
+    size_t total = pgate_total(g, nl);
+    par_run(g->fn, &K, total, total * (size_t)g->frac * K.W, par);
+}
+
+/* Run a fused adjoint step on (psi, lam) rows, adding its cross matrix. */
+static int pgate_fused(const pgate *g, cplx *psi, cplx *lam, unsigned nl,
+                       int par, double *acc)
+{
+    kern K = g->K;
+    K.s = psi;
+    K.l = lam;
+    size_t total = pgate_total(g, nl);
+    return par_reduce(g->fn, &K, total, total * (size_t)g->frac * K.W, par, 8, acc);
+}
+
+/* grad[a] = 2 Re sum_rc d_a[r][c] C[r][c] from the cross matrix */
+static void pgate_grads(const pgate *g, const double *acc, double *grad)
+{
+    cplx C[4] = {CMPLX(acc[0], acc[1]), CMPLX(acc[2], acc[3]),
+                 CMPLX(acc[4], acc[5]), CMPLX(acc[6], acc[7])};
+    for (uint32_t a = 0; a < g->nd; a++) {
+        double v = 0;
+        for (int i = 0; i < 4; i++)
+            v += creal(cmul(g->d[a][i], C[i]));
+        grad[a] = 2.0 * v;
+    }
+}
+
+/* Apply op's gate (adj: its adjoint) to s (2^n rows of W). */
+static void apply_gate(const qd_circuit *c, const qd_op *op,
+                       const double *theta, cplx *s, unsigned n, size_t W,
+                       int adj, int par)
+{
+    if (!gate_has_matrix(op->gate))
+        return;
+    pgate g;
+    gate_prepare(c, op, theta, n, W, adj, 0, &g);
+    pgate_run(&g, s, n, par);
 }
 
 /* Reverse a parametrised gate on (psi, lam) and write, for each angle a,
@@ -537,45 +1069,13 @@ static int sweep_gate(const qd_circuit *c, const qd_op *op,
                       const double *theta, cplx *psi, cplx *lam, unsigned n,
                       size_t W, int par, double *grad)
 {
-    kern K = {0};
-    K.s = psi;
-    K.l = lam;
-    K.W = W;
-    kern_wires(&K, op, n);
-    size_t dim = (size_t)1 << n;
-    cplx m[16], dm[3 * 16], d[3][4];
-    qd_op_matrix(c, op, theta, m, dm);
+    pgate g;
+    gate_prepare(c, op, theta, n, W, 1, 1, &g);
     double acc[8] = {0};
-    int rc;
-    if (op->n_wires == 1) {
-        adj2(m);
-        memcpy(K.m, m, 4 * sizeof *m);
-        for (uint32_t a = 0; a < op->n_angles; a++)
-            memcpy(d[a], dm + 4 * a, 4 * sizeof *m);
-        rc = par_reduce(f1_range, &K, dim / 2, dim * W, par, 8, acc);
-    } else {
-        cplx b[4] = {m[10], m[11], m[14], m[15]};
-        adj2(b);
-        memcpy(K.m, b, sizeof b);
-        for (uint32_t a = 0; a < op->n_angles; a++) {
-            const cplx *x = dm + 16 * a;
-            d[a][0] = x[10];
-            d[a][1] = x[11];
-            d[a][2] = x[14];
-            d[a][3] = x[15];
-        }
-        rc = par_reduce(fc_range, &K, dim / 4, dim * W / 2, par, 8, acc);
-    }
+    int rc = pgate_fused(&g, psi, lam, n, par, acc);
     if (rc)
         return rc;
-    cplx C[4] = {CMPLX(acc[0], acc[1]), CMPLX(acc[2], acc[3]),
-                 CMPLX(acc[4], acc[5]), CMPLX(acc[6], acc[7])};
-    for (uint32_t a = 0; a < op->n_angles; a++) {
-        double v = 0;
-        for (int i = 0; i < 4; i++)
-            v += creal(cmul(d[a][i], C[i]));
-        grad[a] = 2.0 * v;
-    }
+    pgate_grads(&g, acc, grad);
     return QD_OK;
 }
 
@@ -672,6 +1172,8 @@ typedef struct jctx {
     int dense;
     int bpar;                       /* parallel over the batch */
     int nthreads;
+    struct pgate *pre;              /* gates route: PRE_N prepared variants
+                                       per op whose angles read no input */
 } jctx;
 
 /* per-thread scratch */
@@ -681,6 +1183,7 @@ typedef struct worker {
     double *racc;                   /* 2 d_max^2 */
     double *e;                      /* n_out */
     double *e2;                     /* n_out */
+    sweep_seg *seg;                 /* blocked adjoint sweep */
 } worker;
 
 /* An angle override for shift rules: op `op`, angle `comp` += delta. */
@@ -945,8 +1448,10 @@ static int jctx_init(jctx *jc, sv *S, const qd_sim_job *job, int backward)
 
     /* Route. The dense route needs one unitary for the whole batch: no
      * gate may read an input. auto: dense when the batch is large enough
-     * that one U (4^n entries) beats B gate-by-gate runs (see
-     * docs/performance.md, "Simulator"). */
+     * that building U (4^n entries) and two batch products beat B
+     * gate-by-gate runs; the crossover measured with `bench-sim
+     * --crossover` is near B = 2^n / 2 up to 6 qubits, 2^n at 7 and
+     * 3 * 2^n at 8 (docs/performance.md, "Simulator"). */
     int dense_ok = !jc->reads_inputs && jc->n <= SV_DENSE_MAX_WIRES;
     if (S->route == ROUTE_DENSE) {
         if (!dense_ok)
@@ -957,7 +1462,8 @@ static int jctx_init(jctx *jc, sv *S, const qd_sim_job *job, int backward)
                           SV_DENSE_MAX_WIRES);
         jc->dense = 1;
     } else if (S->route == ROUTE_AUTO) {
-        jc->dense = dense_ok && jc->n <= 8 && job->batch * 8 >= jc->dim;
+        size_t need = jc->n <= 6 ? jc->dim / 2 : jc->n == 7 ? jc->dim : 3 * jc->dim;
+        jc->dense = dense_ok && jc->n <= 8 && job->batch >= need;
     }
     /* Batch-parallel unless one sample is big enough to split its gates. */
     jc->bpar = jc->nthreads > 1 && job->batch > 1 &&
@@ -966,53 +1472,38 @@ static int jctx_init(jctx *jc, sv *S, const qd_sim_job *job, int backward)
     return QD_OK;
 }
 
-static void worker_free(worker *w)
-{
-    free(w->psi);
-    free(w->aux);
-    free(w->rho);
-    free(w->racc);
-    free(w->e);
-    free(w->e2);
-    memset(w, 0, sizeof *w);
-}
-
+/* Per-thread scratch from the instance's buffers: n_states state vectors
+ * per worker (at most 2: state and co-state or shifted copy). */
 static int workers_alloc(const jctx *jc, int n_states, worker **out, int *nw)
 {
     int n = jc->bpar ? jc->nthreads : 1;
-    worker *ws = calloc((size_t)n, sizeof *ws);
-    if (!ws)
-        return QD_ERR_NOMEM;
     size_t dm2 = jc->d_max * jc->d_max;
+    size_t per = sizeof(sweep_seg) + dm2 * sizeof(cplx) +
+                 2 * dm2 * sizeof(double) + 2 * (jc->n_out + 1) * sizeof(double);
+    worker *ws = sv_buf(jc->S, BUF_WORKERS, (size_t)n * sizeof *ws);
+    cplx *st = sv_buf(jc->S, BUF_STATES,
+                      (size_t)n * (size_t)n_states * jc->dim * sizeof(cplx));
+    char *sc = sv_buf(jc->S, BUF_SCRATCH, (size_t)n * per);
+    if (!ws || !st || !sc)
+        return QD_ERR_NOMEM;
     for (int i = 0; i < n; i++) {
         worker *w = &ws[i];
-        w->psi = n_states > 0 ? malloc(jc->dim * sizeof(cplx)) : NULL;
-        w->aux = n_states > 1 ? malloc(jc->dim * sizeof(cplx)) : NULL;
-        w->rho = malloc(dm2 * sizeof(cplx));
-        w->racc = malloc(2 * dm2 * sizeof(double));
-        w->e = malloc((jc->n_out + 1) * sizeof(double));
-        w->e2 = malloc((jc->n_out + 1) * sizeof(double));
-        if ((n_states > 0 && !w->psi) || (n_states > 1 && !w->aux) ||
-            !w->rho || !w->racc || !w->e ||
-            !w->e2) {
-            for (int j = 0; j <= i; j++)
-                worker_free(&ws[j]);
-            free(ws);
-            return QD_ERR_NOMEM;
-        }
+        cplx *mine = st + (size_t)i * (size_t)n_states * jc->dim;
+        w->psi = n_states > 0 ? mine : NULL;
+        w->aux = n_states > 1 ? mine + jc->dim : NULL;
+        char *p = sc + (size_t)i * per;
+        w->seg = (sweep_seg *)p;
+        p += sizeof(sweep_seg);
+        w->rho = (cplx *)p;
+        p += dm2 * sizeof(cplx);
+        w->racc = (double *)p;
+        p += 2 * dm2 * sizeof(double);
+        w->e = (double *)p;
+        w->e2 = w->e + jc->n_out + 1;
     }
     *out = ws;
     *nw = n;
     return QD_OK;
-}
-
-static void workers_free(worker *ws, int n)
-{
-    if (!ws)
-        return;
-    for (int i = 0; i < n; i++)
-        worker_free(&ws[i]);
-    free(ws);
 }
 
 /* ------------------------------------------------------------------------
@@ -1046,17 +1537,193 @@ static void op_theta(const jctx *jc, size_t k, const double *x, shift sh,
 }
 
 /* Apply ops [from, to) to rows s. */
+static void add_angle_grad(const qd_angle *an, double g, double *gw, double *gx)
+{
+    if (an->src == QD_SRC_WEIGHT)
+        gw[an->index] += an->scale * g;
+    else if (an->src == QD_SRC_INPUT)
+        gx[an->index] += an->scale * g;
+}
+
+/* Gates whose angles read no input are the same for every sample of a
+ * call: prepare them once (matrix, derivative blocks, kernel choice). */
+enum { PRE_FWD = 0, PRE_ADJ = 1, PRE_FUSED = 2, PRE_N = 3 };
+
+static const pgate *pre_gate(const jctx *jc, size_t k, int v)
+{
+    if (!jc->pre)
+        return NULL;
+    const pgate *g = &jc->pre[k * PRE_N + (size_t)v];
+    return g->fn ? g : NULL;
+}
+
+/* For the gates route (one state per sample). With fused, also the
+ * adjoint steps that yield weight gradients. Without memory it simply
+ * leaves jc->pre NULL (gates are then prepared as they run). */
+static void jctx_prepare(jctx *jc, int fused)
+{
+    size_t n_ops = jc->c->n_ops;
+    pgate *pre = sv_buf(jc->S, BUF_PRE, (n_ops ? n_ops : 1) * PRE_N * sizeof *pre);
+    jc->pre = NULL;
+    if (!pre)
+        return;
+    double theta[QD_OP_MAX_ANGLES];
+    for (size_t k = 0; k < n_ops; k++) {
+        const qd_op *op = &jc->c->ops[k];
+        pgate *g = pre + k * PRE_N;
+        for (int v = 0; v < PRE_N; v++)
+            g[v].fn = NULL;
+        if (!gate_has_matrix(op->gate))
+            continue;
+        int reads_x = 0, reads_w = 0;
+        for (uint32_t a = 0; a < op->n_angles; a++) {
+            reads_x |= op->angle[a].src == QD_SRC_INPUT;
+            reads_w |= op->angle[a].src == QD_SRC_WEIGHT && op->angle[a].scale != 0.0;
+        }
+        if (reads_x)
+            continue;
+        qd_op_angles(op, jc->job->weights, NULL, theta);
+        gate_prepare(jc->c, op, theta, jc->n, 1, 0, 0, &g[PRE_FWD]);
+        gate_prepare(jc->c, op, theta, jc->n, 1, 1, 0, &g[PRE_ADJ]);
+        if (fused && reads_w)
+            gate_prepare(jc->c, op, theta, jc->n, 1, 1, 1, &g[PRE_FUSED]);
+    }
+    jc->pre = pre;
+}
+
+/*
+ * Cache blocking. A register of n > SV_CHUNK_BITS qubits is cut into chunks
+ * of 2^SV_CHUNK_BITS amplitudes (256 KiB, cache resident). A gate whose bits
+ * all lie below SV_CHUNK_BITS ("local") maps every chunk onto itself, so a
+ * run of consecutive local gates is applied chunk by chunk: one pass over
+ * memory and one parallel region for the whole run instead of one per
+ * gate. Only gates on the top wires need a full pass of their own. The
+ * blocking depends on n only (never on the thread count), and so does the
+ * order of every reduction.
+ */
+static int op_local(const qd_op *op, unsigned n)
+{
+    if (!gate_has_matrix(op->gate))
+        return 1;
+    for (uint32_t i = 0; i < op->n_wires; i++)
+        if (n - 1 - op->wires[i] >= SV_CHUNK_BITS)
+            return 0;
+    return 1;
+}
+
+static int is_blocked(const jctx *jc, size_t W)
+{
+    return W == 1 && jc->n > SV_CHUNK_BITS;
+}
+
+static size_t n_chunks(unsigned n)
+{
+    return (size_t)1 << (n - SV_CHUNK_BITS);
+}
+
+/* Apply gates g[0..ng) in order to every chunk of s. */
+static void run_segment(const pgate *const *g, int ng, cplx *s, unsigned n, int par)
+{
+    size_t nch = n_chunks(n);
+    int go = par && ((size_t)1 << n) >= SV_PAR_MIN_WORK && omp_get_max_threads() > 1;
+#pragma omp parallel for schedule(static) if (go)
+    for (size_t ch = 0; ch < nch; ch++) {
+        cplx *cs = s + (ch << SV_CHUNK_BITS);
+        for (int i = 0; i < ng; i++)
+            pgate_run(g[i], cs, SV_CHUNK_BITS, 0);
+    }
+}
+
+/* Apply ops [from, to) to rows s. */
 static void run_ops(const jctx *jc, size_t from, size_t to, const double *x,
                     shift sh, cplx *s, size_t W, int par)
 {
     double theta[QD_OP_MAX_ANGLES];
+    const int blk = is_blocked(jc, W);
+    pgate seg[SV_SEG_MAX], one;
+    const pgate *sp[SV_SEG_MAX];
+    int ng = 0;
     for (size_t k = from; k < to; k++) {
         const qd_op *op = &jc->c->ops[k];
         if (!gate_has_matrix(op->gate))
             continue;
-        op_theta(jc, k, x, sh, theta);
-        apply_gate(jc->c, op, theta, s, jc->n, W, 0, par);
+        const pgate *pg = W == 1 && sh.op != k ? pre_gate(jc, k, PRE_FWD) : NULL;
+        if (blk && op_local(op, jc->n)) {
+            if (!pg) {
+                op_theta(jc, k, x, sh, theta);
+                gate_prepare(jc->c, op, theta, jc->n, 1, 0, 0, &seg[ng]);
+                pg = &seg[ng];
+            }
+            sp[ng++] = pg;
+            if (ng == SV_SEG_MAX) {
+                run_segment(sp, ng, s, jc->n, par);
+                ng = 0;
+            }
+            continue;
+        }
+        if (ng) {
+            run_segment(sp, ng, s, jc->n, par);
+            ng = 0;
+        }
+        if (!pg) {
+            op_theta(jc, k, x, sh, theta);
+            gate_prepare(jc->c, op, theta, jc->n, W, 0, 0, &one);
+            pg = &one;
+        }
+        pgate_run(pg, s, jc->n, par);
     }
+    if (ng)
+        run_segment(sp, ng, s, jc->n, par);
+}
+
+/* Reverse the segment on every chunk of (psi, lam). Cross matrices are
+ * summed per chunk group (a fixed partition of the chunks) and then over
+ * the groups in order, and turned into gradients. */
+static int sweep_flush(const jctx *jc, sweep_seg *sg, cplx *psi, cplx *lam,
+                       int par, double *gw_b, double *gx_b)
+{
+    if (sg->ng == 0)
+        return QD_OK;
+    const size_t nch = n_chunks(jc->n);
+    const size_t ngr = nch < SV_RED_CHUNKS ? nch : SV_RED_CHUNKS;
+    const size_t ng = (size_t)sg->ng;
+    double *part = calloc(ngr * ng * 8, sizeof *part);
+    if (!part)
+        return QD_ERR_NOMEM;
+    int go = par && jc->dim >= SV_PAR_MIN_WORK && omp_get_max_threads() > 1;
+#pragma omp parallel for schedule(static) if (go)
+    for (size_t gi = 0; gi < ngr; gi++) {
+        size_t c0 = nch * gi / ngr, c1 = nch * (gi + 1) / ngr;
+        for (size_t ch = c0; ch < c1; ch++) {
+            cplx *ps = psi + (ch << SV_CHUNK_BITS), *ls = lam + (ch << SV_CHUNK_BITS);
+            for (size_t i = 0; i < ng; i++) {
+                if (sg->fused[i]) {
+                    /* chunk loops are below SV_RED_MIN: no allocation */
+                    (void)pgate_fused(sg->gp[i], ps, ls, SV_CHUNK_BITS, 0,
+                                      part + (gi * ng + i) * 8);
+                } else {
+                    pgate_run(sg->gp[i], ps, SV_CHUNK_BITS, 0);
+                    pgate_run(sg->gp[i], ls, SV_CHUNK_BITS, 0);
+                }
+            }
+        }
+    }
+    for (size_t i = 0; i < ng; i++) {
+        if (!sg->fused[i])
+            continue;
+        double acc[8] = {0}, grad[QD_OP_MAX_ANGLES];
+        for (size_t gi = 0; gi < ngr; gi++)
+            for (int j = 0; j < 8; j++)
+                acc[j] += part[(gi * ng + i) * 8 + j];
+        pgate_grads(sg->gp[i], acc, grad);
+        const qd_op *op = &jc->c->ops[sg->op[i]];
+        for (uint32_t a = 0; a < op->n_angles; a++)
+            if (sg->need[i][a])
+                add_angle_grad(&op->angle[a], grad[a], gw_b, gx_b);
+    }
+    free(part);
+    sg->ng = 0;
+    return QD_OK;
 }
 
 static kern term_kern(const jctx *jc, const term_ctx *tc)
@@ -1081,7 +1748,8 @@ static int term_rho(const jctx *jc, const term_ctx *tc, const cplx *psi,
     size_t n2 = 2 * tc->d * tc->d;
     memset(w->racc, 0, n2 * sizeof *w->racc);
     size_t rest = jc->dim >> tc->k;
-    int rc = par_reduce(rho_range, &K, rest, jc->dim * tc->d, par, n2, w->racc);
+    int rc = par_reduce(rho_fn(tc->k, tc->pos[0]), &K, rest,
+                        jc->dim, par, n2, w->racc);
     if (rc)
         return rc;
     for (size_t i = 0; i < tc->d * tc->d; i++)
@@ -1128,26 +1796,110 @@ static double sample_term(const term_ctx *tc, const cplx *rho, long long shots,
 
 /* Expectations of all outputs for state psi into e[n_out]; optionally
  * store the exact rho of every term at rho_out + rho_at. */
+/* The rho of every term of a large register in one parallel region (the
+ * chunking and summation order of term_rho, so the numbers are the same). */
+static int all_rho_par(const jctx *jc, const cplx *psi, cplx *rho_all)
+{
+    const size_t nch = SV_RED_CHUNKS;
+    size_t tot = 0, n2max = 0;
+    for (size_t t = 0; t < jc->n_terms; t++) {
+        size_t n2 = 2 * jc->terms[t].d * jc->terms[t].d;
+        tot += n2;
+        if (n2 > n2max)
+            n2max = n2;
+    }
+    double *part = sv_buf0(jc->S, BUF_TPART, (nch * tot + n2max) * sizeof *part);
+    if (!part)
+        return QD_ERR_NOMEM;
+    double *acc = part + nch * tot;
+#pragma omp parallel for schedule(static)
+    for (size_t c = 0; c < nch; c++) {
+        size_t off = 0;
+        for (size_t t = 0; t < jc->n_terms; t++) {
+            const term_ctx *tc = &jc->terms[t];
+            kern K = term_kern(jc, tc);
+            K.x = psi;
+            size_t rest = jc->dim >> tc->k;
+            if (rest >= SV_RED_MIN)
+                rho_fn(tc->k, tc->pos[0])(
+                    &K, rest * c / nch, rest * (c + 1) / nch, part + c * tot + off);
+            off += 2 * tc->d * tc->d;
+        }
+    }
+    size_t off = 0;
+    for (size_t t = 0; t < jc->n_terms; t++) {
+        const term_ctx *tc = &jc->terms[t];
+        size_t n2 = 2 * tc->d * tc->d, rest = jc->dim >> tc->k;
+        memset(acc, 0, n2 * sizeof *acc);
+        if (rest >= SV_RED_MIN) {
+            for (size_t c = 0; c < nch; c++)
+                for (size_t i = 0; i < n2; i++)
+                    acc[i] += part[c * tot + off + i];
+        } else {
+            kern K = term_kern(jc, tc);
+            K.x = psi;
+            rho_fn(tc->k, tc->pos[0])(&K, 0, rest, acc);
+        }
+        for (size_t i = 0; i < tc->d * tc->d; i++)
+            rho_all[tc->rho_at + i] = CMPLX(acc[2 * i], acc[2 * i + 1]);
+        off += n2;
+    }
+    return QD_OK;
+}
+
+/* rho of every term into out + rho_at. */
+static int terms_rho(const jctx *jc, const cplx *psi, worker *w, int par,
+                     cplx *out)
+{
+    if (par && jc->dim >= SV_PAR_MIN_WORK && omp_get_max_threads() > 1)
+        return all_rho_par(jc, psi, out);
+    for (size_t t = 0; t < jc->n_terms; t++) {
+        int rc = term_rho(jc, &jc->terms[t], psi, w, par, out + jc->terms[t].rho_at);
+        if (rc)
+            return rc;
+    }
+    return QD_OK;
+}
+
+
+/* Expectations of all outputs for state psi into e[n_out]; optionally
+ * store the exact rho of every term at rho_out + rho_at. */
 static int measure(const jctx *jc, const cplx *psi, worker *w, int par,
                    qd_rng *rng, double *e, cplx *rho_out)
 {
     memset(e, 0, jc->n_out * sizeof *e);
-    for (size_t t = 0; t < jc->n_terms; t++) {
-        const term_ctx *tc = &jc->terms[t];
-        int rc = term_rho(jc, tc, psi, w, par, w->rho);
+    cplx *all = NULL;
+    if (par && jc->dim >= SV_PAR_MIN_WORK && omp_get_max_threads() > 1) {
+        all = rho_out ? rho_out
+                      : sv_buf(jc->S, BUF_RHOALL, jc->rho_len * sizeof *all);
+        if (!all)
+            return QD_ERR_NOMEM;
+        int rc = all_rho_par(jc, psi, all);
         if (rc)
             return rc;
-        if (rho_out)
-            memcpy(rho_out + tc->rho_at, w->rho,
-                   tc->d * tc->d * sizeof *w->rho);
+    }
+    for (size_t t = 0; t < jc->n_terms; t++) {
+        const term_ctx *tc = &jc->terms[t];
+        const cplx *rho;
+        if (all) {
+            rho = all + tc->rho_at;
+        } else {
+            int rc = term_rho(jc, tc, psi, w, par, w->rho);
+            if (rc)
+                return rc;
+            if (rho_out)
+                memcpy(rho_out + tc->rho_at, w->rho,
+                       tc->d * tc->d * sizeof *w->rho);
+            rho = w->rho;
+        }
         double v;
         if (rng && jc->shots > 0) {
-            v = sample_term(tc, w->rho, jc->shots, rng);
+            v = sample_term(tc, rho, jc->shots, rng);
         } else {
             v = 0; /* Re Tr(rho H) = Re sum_ij rho_ij H_ji */
             for (size_t i = 0; i < tc->d; i++)
                 for (size_t j = 0; j < tc->d; j++)
-                    v += creal(cmul(w->rho[i * tc->d + j], tc->h[j * tc->d + i]));
+                    v += creal(cmul(rho[i * tc->d + j], tc->h[j * tc->d + i]));
         }
         e[tc->out] += v;
     }
@@ -1168,7 +1920,8 @@ static void costate(const jctx *jc, const cplx *psi, const double *g, cplx *lam,
         K.x = psi;
         K.s = lam;
         K.coef = coef;
-        par_run(ta_range, &K, jc->dim >> tc->k, jc->dim * tc->d, par);
+        par_run(tc->k == 1 ? ta1_range : ta_range, &K, jc->dim >> tc->k,
+                jc->dim, par);
     }
 }
 
@@ -1196,13 +1949,6 @@ static int needed_angles(const jctx *jc, size_t k, int want_w, int want_x,
     return cnt;
 }
 
-static void add_angle_grad(const qd_angle *an, double g, double *gw, double *gx)
-{
-    if (an->src == QD_SRC_WEIGHT)
-        gw[an->index] += an->scale * g;
-    else if (an->src == QD_SRC_INPUT)
-        gx[an->index] += an->scale * g;
-}
 
 /* Shift rules (see plugin docs): two-term for single-qubit rotations
  * (eigenvalues of the generator +-1/2), four-term for the controlled ones
@@ -1255,34 +2001,36 @@ static double dot_out(const jctx *jc, const double *g, const double *e)
 
 /* Forward of one sample into e (n_out). */
 static int gates_forward_sample(const jctx *jc, size_t b, worker *w, int par,
-                                double *e)
+                                double *e, cplx *keep)
 {
     const double *x = sample_inputs(jc, b);
-    init_state(jc, b, w->psi);
-    run_ops(jc, jc->first, jc->c->n_ops, x, no_shift, w->psi, 1, par);
+    cplx *psi = keep ? keep : w->psi;
+    init_state(jc, b, psi);
+    run_ops(jc, jc->first, jc->c->n_ops, x, no_shift, psi, 1, par);
     qd_rng r;
     if (jc->shots > 0)
         sample_rng(jc, b, &r);
-    return measure(jc, w->psi, w, par, jc->shots > 0 ? &r : NULL, e, NULL);
+    return measure(jc, psi, w, par, jc->shots > 0 ? &r : NULL, e, NULL);
 }
 
 /* Adjoint gradient of one sample. gw_b: n_w partials (or NULL), gx_b: row of
  * g_inputs (or NULL), rho_b: per-term rho block (or NULL). */
 static int adjoint_sample(const jctx *jc, size_t b, const double *g, worker *w,
-                          int par, double *gw_b, double *gx_b, cplx *rho_b)
+                          int par, double *gw_b, double *gx_b, cplx *rho_b,
+                          cplx *cached)
 {
     const double *x = sample_inputs(jc, b);
-    cplx *psi = w->psi, *lam = w->aux;
+    cplx *psi = cached ? cached : w->psi, *lam = w->aux;
     int want_w = gw_b != NULL, want_x = gx_b != NULL;
-    init_state(jc, b, psi);
-    run_ops(jc, jc->first, jc->c->n_ops, x, no_shift, psi, 1, par);
-    if (rho_b)
-        for (size_t t = 0; t < jc->n_terms; t++) {
-            int rc = term_rho(jc, &jc->terms[t], psi, w, par,
-                              rho_b + jc->terms[t].rho_at);
-            if (rc)
-                return rc;
-        }
+    if (!cached) {
+        init_state(jc, b, psi);
+        run_ops(jc, jc->first, jc->c->n_ops, x, no_shift, psi, 1, par);
+    }
+    if (rho_b) {
+        int rc = terms_rho(jc, psi, w, par, rho_b);
+        if (rc)
+            return rc;
+    }
     if (!want_w && !want_x)
         return QD_OK;
     costate(jc, psi, g, lam, par);
@@ -1298,23 +2046,57 @@ static int adjoint_sample(const jctx *jc, size_t b, const double *g, worker *w,
                 break;
             }
     double theta[QD_OP_MAX_ANGLES], grad[QD_OP_MAX_ANGLES];
-    for (size_t k = jc->c->n_ops; k-- > stop;) {
+    const int blk = is_blocked(jc, 1);
+    sweep_seg *sg = w->seg;
+    sg->ng = 0;
+    int rc = QD_OK;
+    for (size_t k = jc->c->n_ops; k-- > stop && !rc;) {
         const qd_op *op = &jc->c->ops[k];
         if (!gate_has_matrix(op->gate))
             continue;
-        op_theta(jc, k, x, no_shift, theta);
-        if (needed_angles(jc, k, want_w, want_x, need)) {
-            int rc = sweep_gate(jc->c, op, theta, psi, lam, jc->n, 1, par, grad);
-            if (rc)
-                return rc;
-            for (uint32_t a = 0; a < op->n_angles; a++)
+        int nd = needed_angles(jc, k, want_w, want_x, need);
+        const pgate *pg = pre_gate(jc, k, nd ? PRE_FUSED : PRE_ADJ);
+        if (blk && op_local(op, jc->n)) {
+            int i = sg->ng++;
+            if (!pg) {
+                op_theta(jc, k, x, no_shift, theta);
+                gate_prepare(jc->c, op, theta, jc->n, 1, 1, nd > 0, &sg->g[i]);
+                pg = &sg->g[i];
+            }
+            sg->gp[i] = pg;
+            sg->op[i] = k;
+            sg->fused[i] = nd > 0;
+            memcpy(sg->need[i], need, sizeof need);
+            if (sg->ng == SV_SEG_MAX)
+                rc = sweep_flush(jc, sg, psi, lam, par, gw_b, gx_b);
+            continue;
+        }
+        rc = sweep_flush(jc, sg, psi, lam, par, gw_b, gx_b);
+        if (rc)
+            break;
+        pgate one;
+        if (!pg) {
+            op_theta(jc, k, x, no_shift, theta);
+            gate_prepare(jc->c, op, theta, jc->n, 1, 1, nd > 0, &one);
+            pg = &one;
+        }
+        if (nd) {
+            double acc[8] = {0};
+            rc = pgate_fused(pg, psi, lam, jc->n, par, acc);
+            if (!rc)
+                pgate_grads(pg, acc, grad);
+            for (uint32_t a = 0; a < op->n_angles && !rc; a++)
                 if (need[a])
                     add_angle_grad(&op->angle[a], grad[a], gw_b, gx_b);
         } else {
-            apply_gate(jc->c, op, theta, psi, jc->n, 1, 1, par);
-            apply_gate(jc->c, op, theta, lam, jc->n, 1, 1, par);
+            pgate_run(pg, psi, jc->n, par);
+            pgate_run(pg, lam, jc->n, par);
         }
     }
+    if (!rc)
+        rc = sweep_flush(jc, sg, psi, lam, par, gw_b, gx_b);
+    if (rc)
+        return rc;
     if (want_x && jc->prep)
         for (size_t i = 0; i < jc->dim; i++)
             gx_b[jc->prep_off + i] += 2.0 * creal(lam[i]);
@@ -1368,13 +2150,11 @@ static int shift_sample(const jctx *jc, size_t b, const double *g, worker *w,
         apply_gate(jc->c, op, theta, psi, jc->n, 1, 0, par);
     }
     /* psi is the final state now */
-    if (rho_b)
-        for (size_t t = 0; t < jc->n_terms; t++) {
-            int rc = term_rho(jc, &jc->terms[t], psi, w, par,
-                              rho_b + jc->terms[t].rho_at);
-            if (rc)
-                return rc;
-        }
+    if (rho_b) {
+        int rc = terms_rho(jc, psi, w, par, rho_b);
+        if (rc)
+            return rc;
+    }
     if (want_x && jc->prep) {
         double *ga = gx_b + jc->prep_off;
         if (S->diff == DIFF_FD) {
@@ -1430,37 +2210,25 @@ typedef struct dense {
     double *A;          /* block x D prepared states when there is no prep */
 } dense;
 
-static void dense_free(dense *dn)
-{
-    free(dn->U);
-    free(dn->Ur);
-    free(dn->Ui);
-    free(dn->Pr);
-    free(dn->Pi);
-    free(dn->A);
-    memset(dn, 0, sizeof *dn);
-}
-
 static int dense_alloc(const jctx *jc, dense *dn)
 {
     memset(dn, 0, sizeof *dn);
+    sv *S = jc->S;
     size_t D = jc->dim;
     size_t blk = jc->job->batch < SV_DENSE_BLOCK ? jc->job->batch : SV_DENSE_BLOCK;
     if (blk == 0)
         blk = 1;
     dn->D = D;
-    dn->U = malloc(D * D * sizeof *dn->U);
-    dn->Ur = malloc(D * D * sizeof *dn->Ur);
-    dn->Ui = malloc(D * D * sizeof *dn->Ui);
-    dn->Pr = malloc(blk * D * sizeof *dn->Pr);
-    dn->Pi = malloc(blk * D * sizeof *dn->Pi);
+    dn->U = sv_buf(S, BUF_U, D * D * sizeof *dn->U);
+    dn->Ur = sv_buf(S, BUF_UR, D * D * sizeof *dn->Ur);
+    dn->Ui = sv_buf(S, BUF_UI, D * D * sizeof *dn->Ui);
+    dn->Pr = sv_buf(S, BUF_PR, blk * D * sizeof *dn->Pr);
+    dn->Pi = sv_buf(S, BUF_PI, blk * D * sizeof *dn->Pi);
     if (!jc->prep)
-        dn->A = calloc(blk * D, sizeof *dn->A);
+        dn->A = sv_buf0(S, BUF_A, blk * D * sizeof *dn->A);
     if (!dn->U || !dn->Ur || !dn->Ui || !dn->Pr || !dn->Pi ||
-        (!jc->prep && !dn->A)) {
-        dense_free(dn);
+        (!jc->prep && !dn->A))
         return QD_ERR_NOMEM;
-    }
     if (!jc->prep)
         for (size_t b = 0; b < blk; b++)
             dn->A[b * D] = 1.0;
@@ -1494,37 +2262,50 @@ static const double *dense_A(const jctx *jc, const dense *dn, size_t b0,
 }
 
 /* Rows Pr + i Pi = A U^T for samples [b0, b0 + nb): two real products. */
-static void dense_states(const jctx *jc, dense *dn, size_t b0, size_t nb)
+/* Rows r0..r1 of the block starting at sample b0: Pr + i Pi = A U^T, two
+ * real products. */
+static void dense_states(const jctx *jc, const dense *dn, size_t b0, size_t r0,
+                         size_t r1)
 {
     size_t D = dn->D, lda;
-    const double *A = dense_A(jc, dn, b0, &lda);
-    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nb, (int)D,
-                (int)D, 1.0, A, (int)lda, dn->Ur, (int)D, 0.0, dn->Pr, (int)D);
-    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nb, (int)D,
-                (int)D, 1.0, A, (int)lda, dn->Ui, (int)D, 0.0, dn->Pi, (int)D);
+    const double *A = dense_A(jc, dn, b0 + r0, &lda);
+    int nb = (int)(r1 - r0);
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nb, (int)D, (int)D,
+                1.0, A, (int)lda, dn->Ur, (int)D, 0.0, dn->Pr + r0 * D, (int)D);
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nb, (int)D, (int)D,
+                1.0, A, (int)lda, dn->Ui, (int)D, 0.0, dn->Pi + r0 * D, (int)D);
 }
 
-static void dense_row(const dense *dn, size_t r, cplx *psi)
+/* The dense route splits a block of samples into groups of consecutive
+ * samples, a partition that depends on the block size only. One parallel
+ * region runs all groups; each group does its own small matrix products
+ * (BLAS runs single-threaded inside the region) and its samples, so a
+ * call has few synchronisation points, and per-group partial sums are
+ * added in group order afterwards. */
+#define SV_DENSE_GROUPS 16
+#define SV_DENSE_GROUP_MIN 16
+
+static size_t dense_ngroups(size_t nb)
 {
-    const double *pr = dn->Pr + r * dn->D, *pi = dn->Pi + r * dn->D;
-    for (size_t i = 0; i < dn->D; i++)
-        psi[i] = CMPLX(pr[i], pi[i]);
+    size_t g = (nb + SV_DENSE_GROUP_MIN - 1) / SV_DENSE_GROUP_MIN;
+    return g < 1 ? 1 : g > SV_DENSE_GROUPS ? SV_DENSE_GROUPS : g;
 }
 
-/* Parallel loop over samples of a block with first-error propagation. */
-#define SV_BATCH_LOOP(jc, nb, ws, BODY)                                      \
+#define SV_GROUP_LOOP(jc, nb, ws, ...)                                       \
     do {                                                                     \
         int err_ = QD_OK;                                                    \
+        const size_t ng_ = dense_ngroups(nb);                                \
         const int bpar_ = (jc)->bpar;                                        \
-        _Pragma("omp parallel for schedule(dynamic, 4) if (bpar_)")          \
-        for (size_t r_ = 0; r_ < (nb); r_++) {                               \
+        _Pragma("omp parallel for schedule(dynamic, 1) if (bpar_)")          \
+        for (size_t gi = 0; gi < ng_; gi++) {                                \
             int seen_;                                                       \
             _Pragma("omp atomic read") seen_ = err_;                         \
             if (seen_)                                                       \
                 continue;                                                    \
+            const size_t r0 = (nb) * gi / ng_, r1 = (nb) * (gi + 1) / ng_;   \
             worker *w_ = &(ws)[bpar_ ? omp_get_thread_num() : 0];            \
             int rc_ = QD_OK;                                                 \
-            BODY;                                                            \
+            __VA_ARGS__;                                                     \
             if (rc_) {                                                       \
                 _Pragma("omp atomic write") err_ = rc_;                      \
             }                                                                \
@@ -1533,21 +2314,125 @@ static void dense_row(const dense *dn, size_t r, cplx *psi)
             rc = err_;                                                       \
     } while (0)
 
+static void dense_row(const dense *dn, size_t r, cplx *psi)
+{
+    const double *pr = dn->Pr + r * dn->D, *pi = dn->Pi + r * dn->D;
+    for (size_t i = 0; i < dn->D; i++)
+        psi[i] = CMPLX(pr[i], pi[i]);
+}
+
+/* Loop over the samples of a block with first-error propagation: in
+ * parallel over samples when jc->bpar, else serially (so that the kernels
+ * may open their own parallel regions without nesting). */
+#define SV_BATCH_LOOP(jc, nb, ws, ...)                                       \
+    do {                                                                     \
+        int err_ = QD_OK;                                                    \
+        if ((jc)->bpar) {                                                    \
+            _Pragma("omp parallel for schedule(dynamic, 4)")                 \
+            for (size_t r_ = 0; r_ < (nb); r_++) {                           \
+                int seen_;                                                   \
+                _Pragma("omp atomic read") seen_ = err_;                     \
+                if (seen_)                                                   \
+                    continue;                                                \
+                worker *w_ = &(ws)[omp_get_thread_num()];                    \
+                int rc_ = QD_OK;                                             \
+                __VA_ARGS__;                                                 \
+                if (rc_) {                                                   \
+                    _Pragma("omp atomic write") err_ = rc_;                  \
+                }                                                            \
+            }                                                                \
+        } else {                                                             \
+            for (size_t r_ = 0; r_ < (nb) && !err_; r_++) {                  \
+                worker *w_ = &(ws)[0];                                       \
+                int rc_ = QD_OK;                                             \
+                __VA_ARGS__;                                                 \
+                err_ = rc_;                                                  \
+            }                                                                \
+        }                                                                    \
+        if (err_)                                                            \
+            rc = err_;                                                       \
+    } while (0)
+
 /* expect rows [b0, b0+nb) from the dense states of the block. */
-static int dense_measure_block(const jctx *jc, const dense *dn, worker *ws,
+/* States and expect rows of samples [b0, b0 + nb) (one block). */
+static int dense_forward_block(const jctx *jc, const dense *dn, worker *ws,
                                size_t b0, size_t nb, double *expect)
 {
     int rc = QD_OK;
-    SV_BATCH_LOOP(jc, nb, ws, {
-        size_t b = b0 + r_;
-        dense_row(dn, r_, w_->psi);
-        qd_rng rr;
-        if (jc->shots > 0)
-            sample_rng(jc, b, &rr);
-        rc_ = measure(jc, w_->psi, w_, 0, jc->shots > 0 ? &rr : NULL,
-                      expect + b * jc->n_out, NULL);
+    SV_GROUP_LOOP(jc, nb, ws, {
+        dense_states(jc, dn, b0, r0, r1);
+        for (size_t r = r0; r < r1 && !rc_; r++) {
+            size_t b = b0 + r;
+            dense_row(dn, r, w_->psi);
+            qd_rng rr;
+            if (jc->shots > 0)
+                sample_rng(jc, b, &rr);
+            rc_ = measure(jc, w_->psi, w_, 0, jc->shots > 0 ? &rr : NULL,
+                          expect + b * jc->n_out, NULL);
+        }
     });
     return rc;
+}
+
+/* ------------------------------------------------------------------------
+ * Forward-state cache
+ * ---------------------------------------------------------------------- */
+
+/* Keep the final states of this job? At most one extra state per thread,
+ * or 16 MiB. */
+static int fcache_eligible(const jctx *jc)
+{
+    size_t B = jc->job->batch, lim = (size_t)jc->nthreads * jc->dim;
+    if (lim < ((size_t)1 << 20))
+        lim = (size_t)1 << 20;
+    if (jc->dense)
+        return B <= SV_DENSE_BLOCK;
+    return B * jc->dim <= lim;
+}
+
+/* Record the job's fingerprint (after a successful forward). */
+static void fcache_store(sv *S, const jctx *jc)
+{
+    const qd_circuit *c = jc->c;
+    const qd_sim_job *job = jc->job;
+    size_t nx = job->batch * jc->n_in;
+    void *ops = sv_buf(S, BUF_FP_OPS, c->n_ops * sizeof *c->ops);
+    void *mats = sv_buf(S, BUF_FP_MATS, c->n_matrices * sizeof *c->matrices);
+    void *w = sv_buf(S, BUF_FP_W, jc->n_w * sizeof(double));
+    void *x = sv_buf(S, BUF_FP_X, nx * sizeof(double));
+    S->fc.valid = 0;
+    if (!ops || !mats || !w || !x)
+        return;
+    memcpy(ops, c->ops, c->n_ops * sizeof *c->ops);
+    if (c->n_matrices)
+        memcpy(mats, c->matrices, c->n_matrices * sizeof *c->matrices);
+    if (jc->n_w)
+        memcpy(w, job->weights, jc->n_w * sizeof(double));
+    if (nx)
+        memcpy(x, job->inputs, nx * sizeof(double));
+    fcache f = {1, jc->dense, c, c->n_ops, c->n_matrices, job->batch,
+                c->n_wires, c->n_weights, c->n_inputs};
+    S->fc = f;
+}
+
+static int fcache_match(const sv *S, const jctx *jc)
+{
+    const fcache *f = &S->fc;
+    const qd_circuit *c = jc->c;
+    const qd_sim_job *job = jc->job;
+    if (!f->valid || f->dense != jc->dense || f->c != c || f->n_ops != c->n_ops ||
+        f->n_mats != c->n_matrices || f->batch != job->batch ||
+        f->n_wires != c->n_wires || f->n_w != c->n_weights ||
+        f->n_in != c->n_inputs)
+        return 0;
+    size_t nx = job->batch * jc->n_in;
+    return memcmp(S->buf[BUF_FP_OPS], c->ops, c->n_ops * sizeof *c->ops) == 0 &&
+           (!c->n_matrices ||
+            memcmp(S->buf[BUF_FP_MATS], c->matrices,
+                   c->n_matrices * sizeof *c->matrices) == 0) &&
+           (!jc->n_w ||
+            memcmp(S->buf[BUF_FP_W], job->weights, jc->n_w * sizeof(double)) == 0) &&
+           (!nx || memcmp(S->buf[BUF_FP_X], job->inputs, nx * sizeof(double)) == 0);
 }
 
 /* ------------------------------------------------------------------------
@@ -1587,8 +2472,15 @@ static int sv_forward(void *self, const qd_sim_job *job, double *expect)
     worker *ws = NULL;
     int nw = 0;
     dense dn = {0};
+    S->fc.valid = 0;
     if (B == 0)
         goto done;
+    int keep = fcache_eligible(&jc);
+    cplx *fstates = NULL;
+    if (keep && !jc.dense) {
+        fstates = sv_buf(S, BUF_FSTATES, B * jc.dim * sizeof *fstates);
+        keep = fstates != NULL;
+    }
     rc = workers_alloc(&jc, 1, &ws, &nw);
     if (rc) {
         rc = sv_err(&jc, rc, "out of memory for %d state vector(s) of 2^%u "
@@ -1604,14 +2496,15 @@ static int sv_forward(void *self, const qd_sim_job *job, double *expect)
         dense_build(&jc, &dn, no_shift);
         for (size_t b0 = 0; b0 < B && !rc; b0 += SV_DENSE_BLOCK) {
             size_t nb = B - b0 < SV_DENSE_BLOCK ? B - b0 : SV_DENSE_BLOCK;
-            dense_states(&jc, &dn, b0, nb);
-            rc = dense_measure_block(&jc, &dn, ws, b0, nb, expect);
+            rc = dense_forward_block(&jc, &dn, ws, b0, nb, expect);
         }
     } else {
         int par = !jc.bpar;
+        jctx_prepare(&jc, 0);
         SV_BATCH_LOOP(&jc, B, ws, {
             rc_ = gates_forward_sample(&jc, r_, w_, par,
-                                       expect + r_ * jc.n_out);
+                                       expect + r_ * jc.n_out,
+                                       keep ? fstates + r_ * jc.dim : NULL);
         });
     }
     if (rc) {
@@ -1620,9 +2513,9 @@ static int sv_forward(void *self, const qd_sim_job *job, double *expect)
     }
     charge(S, &jc, B);
     rc = check_finite_out(&jc, expect, B * jc.n_out, "expectation");
+    if (!rc && keep)
+        fcache_store(S, &jc);
 done:
-    dense_free(&dn);
-    workers_free(ws, nw);
     jctx_free(&jc);
     return rc;
 }
@@ -1682,13 +2575,17 @@ static int gates_backward(const jctx *jc, const double *g, double *gw,
         return sv_err(jc, rc, "out of memory for %d x 2 state vectors of 2^%u "
                               "amplitudes", jc->bpar ? jc->nthreads : 1, jc->n);
     size_t blk = B < SV_BLOCK ? B : SV_BLOCK;
-    double *gwbuf = want_w ? calloc(blk * jc->n_w, sizeof *gwbuf) : NULL;
-    cplx *rhobuf = want_m ? malloc(blk * jc->rho_len * sizeof *rhobuf) : NULL;
-    uint64_t *ex = calloc(blk, sizeof *ex);
+    double *gwbuf = want_w ? sv_buf(S, BUF_GW, blk * jc->n_w * sizeof *gwbuf) : NULL;
+    cplx *rhobuf = want_m ? sv_buf(S, BUF_RHO, blk * jc->rho_len * sizeof *rhobuf) : NULL;
+    uint64_t *ex = sv_buf0(S, BUF_EX, blk * sizeof *ex);
     if ((want_w && !gwbuf) || (want_m && !rhobuf) || !ex) {
         rc = sv_err(jc, QD_ERR_NOMEM, "out of memory");
         goto out;
     }
+    /* the final states of the forward pass of this very job, if kept */
+    cplx *cached = S->diff == DIFF_ADJOINT && fcache_match(S, jc)
+                       ? (cplx *)S->buf[BUF_FSTATES]
+                       : NULL;
     int par = !jc->bpar;
     uint64_t total = 0;
     for (size_t b0 = 0; b0 < B && !rc; b0 += blk) {
@@ -1702,7 +2599,8 @@ static int gates_backward(const jctx *jc, const double *g, double *gw,
             cplx *rb = want_m ? rhobuf + r_ * jc->rho_len : NULL;
             const double *gb = g + b * jc->n_out;
             if (S->diff == DIFF_ADJOINT) {
-                rc_ = adjoint_sample(jc, b, gb, w_, par, gwb, gxb, rb);
+                rc_ = adjoint_sample(jc, b, gb, w_, par, gwb, gxb, rb,
+                                     cached ? cached + b * jc->dim : NULL);
                 ex[r_] = 1;
             } else {
                 rc_ = shift_sample(jc, b, gb, w_, par, gwb, gxb, rb, &ex[r_]);
@@ -1721,10 +2619,6 @@ static int gates_backward(const jctx *jc, const double *g, double *gw,
     }
     *execs = total;
 out:
-    free(gwbuf);
-    free(rhobuf);
-    free(ex);
-    workers_free(ws, nw);
     return rc;
 }
 
@@ -1750,18 +2644,18 @@ static int dense_backward(const jctx *jc, const double *g, double *gw,
     if (rc)
         return sv_err(jc, rc, "out of memory for the dense route");
     if (need_phi) {
-        Phr = malloc(blk * D * sizeof *Phr);
-        Phi = malloc(blk * D * sizeof *Phi);
+        Phr = sv_buf(S, BUF_PHR, blk * D * sizeof *Phr);
+        Phi = sv_buf(S, BUF_PHI, blk * D * sizeof *Phi);
     }
     if (want_w && adjoint) {
-        Xr = calloc(D * D, sizeof *Xr);
-        Xi = calloc(D * D, sizeof *Xi);
-        Xc = malloc(D * D * sizeof *Xc);
+        Xr = sv_buf0(S, BUF_XR, D * D * sizeof *Xr);
+        Xi = sv_buf0(S, BUF_XI, D * D * sizeof *Xi);
+        Xc = sv_buf(S, BUF_XC, D * D * sizeof *Xc);
     }
     if (want_m)
-        rhobuf = malloc(blk * jc->rho_len * sizeof *rhobuf);
+        rhobuf = sv_buf(S, BUF_RHO, blk * jc->rho_len * sizeof *rhobuf);
     if (!adjoint)
-        eb = malloc(blk * (jc->n_out + 1) * sizeof *eb);
+        eb = sv_buf(S, BUF_EB, blk * (jc->n_out + 1) * sizeof *eb);
     if ((need_phi && (!Phr || !Phi)) || (want_w && adjoint && (!Xr || !Xi || !Xc)) ||
         (want_m && !rhobuf) || (!adjoint && !eb)) {
         rc = sv_err(jc, QD_ERR_NOMEM, "out of memory for the dense route");
@@ -1770,72 +2664,98 @@ static int dense_backward(const jctx *jc, const double *g, double *gw,
 
     /* Pass 1 over the batch with the unshifted U: density matrices,
      * co-states phi_b, amplitude gradients and X = sum_b phi_b a_b^T. */
-    dense_build(jc, &dn, no_shift);
+    /* U and the states of a single-block batch survive from the forward
+     * pass of this very job when it was kept */
+    int cached = fcache_match(S, jc);
+    if (!cached)
+        dense_build(jc, &dn, no_shift);
     int pass1 = want_m || need_phi || (want_x && S->diff == DIFF_FD);
     for (size_t b0 = 0; pass1 && b0 < B && !rc; b0 += blk) {
         size_t nb = B - b0 < blk ? B - b0 : blk;
-        dense_states(jc, &dn, b0, nb);
-        SV_BATCH_LOOP(jc, nb, ws, {
-            size_t b = b0 + r_;
-            const double *gb = g + b * jc->n_out;
-            dense_row(&dn, r_, w_->psi);
-            if (want_m)
-                for (size_t t = 0; t < jc->n_terms && !rc_; t++)
-                    rc_ = term_rho(jc, &jc->terms[t], w_->psi, w_, 0,
-                                   rhobuf + r_ * jc->rho_len +
-                                       jc->terms[t].rho_at);
-            if (need_phi) {
-                costate(jc, w_->psi, gb, w_->aux, 0);
-                for (size_t i = 0; i < D; i++) {
-                    Phr[r_ * D + i] = creal(w_->aux[i]);
-                    Phi[r_ * D + i] = cimag(w_->aux[i]);
+        const size_t ng = dense_ngroups(nb);
+        double *xpart = NULL;
+        if (want_w && adjoint) {
+            xpart = sv_buf(S, BUF_XPART, ng * 2 * D * D * sizeof *xpart);
+            if (!xpart) {
+                rc = sv_err(jc, QD_ERR_NOMEM, "out of memory for the dense route");
+                break;
+            }
+        }
+        SV_GROUP_LOOP(jc, nb, ws, {
+            if (!cached)
+                dense_states(jc, &dn, b0, r0, r1);
+            for (size_t r = r0; r < r1 && !rc_; r++) {
+                size_t b = b0 + r;
+                const double *gb = g + b * jc->n_out;
+                dense_row(&dn, r, w_->psi);
+                if (want_m)
+                    for (size_t t = 0; t < jc->n_terms && !rc_; t++)
+                        rc_ = term_rho(jc, &jc->terms[t], w_->psi, w_, 0,
+                                       rhobuf + r * jc->rho_len + jc->terms[t].rho_at);
+                if (need_phi) {
+                    costate(jc, w_->psi, gb, w_->aux, 0);
+                    for (size_t i = 0; i < D; i++) {
+                        Phr[r * D + i] = creal(w_->aux[i]);
+                        Phi[r * D + i] = cimag(w_->aux[i]);
+                    }
+                }
+                if (want_x && S->diff == DIFF_FD && !rc_) {
+                    /* psi(a +- h e_i) = psi +- h U e_i: the perturbed runs */
+                    const double h = S->fd_step;
+                    qd_rng rr;
+                    if (jc->shots > 0)
+                        sample_rng(jc, b, &rr);
+                    double *ga = gx + b * jc->n_in + jc->prep_off;
+                    for (size_t i = 0; i < D && !rc_; i++) {
+                        double d = 0;
+                        for (int sg = 0; sg < 2 && !rc_; sg++) {
+                            double hs = sg == 0 ? h : -h;
+                            for (size_t j = 0; j < D; j++)
+                                w_->aux[j] = w_->psi[j] + hs * dn.U[j * D + i];
+                            rc_ = measure(jc, w_->aux, w_, 0,
+                                          jc->shots > 0 ? &rr : NULL, w_->e, NULL);
+                            d += (sg == 0 ? 0.5 : -0.5) / h * dot_out(jc, gb, w_->e);
+                        }
+                        ga[i] = d;
+                    }
                 }
             }
-            if (want_x && S->diff == DIFF_FD && !rc_) {
-                /* psi(a +- h e_i) = psi +- h U e_i: the perturbed runs */
-                const double h = S->fd_step;
-                qd_rng rr;
-                if (jc->shots > 0)
-                    sample_rng(jc, b, &rr);
-                double *ga = gx + b * jc->n_in + jc->prep_off;
-                for (size_t i = 0; i < D && !rc_; i++) {
-                    double d = 0;
-                    for (int s = 0; s < 2 && !rc_; s++) {
-                        double sg = s == 0 ? h : -h;
-                        for (size_t j = 0; j < D; j++)
-                            w_->aux[j] = w_->psi[j] + sg * dn.U[j * D + i];
-                        rc_ = measure(jc, w_->aux, w_, 0,
-                                      jc->shots > 0 ? &rr : NULL, w_->e, NULL);
-                        d += (s == 0 ? 0.5 : -0.5) / h * dot_out(jc, gb, w_->e);
-                    }
-                    ga[i] = d;
-                }
+            int m = (int)(r1 - r0);
+            if (!rc_ && want_x && S->diff != DIFF_FD) {
+                /* dL/da = 2 Re(U^dagger phi) = 2 (Phr Ur + Phi Ui) row-wise */
+                double *C = gx + (b0 + r0) * jc->n_in + jc->prep_off;
+                cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, (int)D,
+                            (int)D, 2.0, Phr + r0 * D, (int)D, dn.Ur, (int)D, 0.0,
+                            C, (int)jc->n_in);
+                cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, (int)D,
+                            (int)D, 2.0, Phi + r0 * D, (int)D, dn.Ui, (int)D, 1.0,
+                            C, (int)jc->n_in);
+            }
+            if (!rc_ && xpart) {
+                /* this group's part of X = sum_b phi_b a_b^T */
+                size_t lda;
+                const double *A = dense_A(jc, &dn, b0 + r0, &lda);
+                double *xr = xpart + gi * 2 * D * D, *xi = xr + D * D;
+                cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)D,
+                            (int)D, m, 1.0, Phr + r0 * D, (int)D, A, (int)lda, 0.0,
+                            xr, (int)D);
+                cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)D,
+                            (int)D, m, 1.0, Phi + r0 * D, (int)D, A, (int)lda, 0.0,
+                            xi, (int)D);
             }
         });
         if (rc)
             break;
         if (want_m)
             add_gmats(jc, g, b0, nb, rhobuf, gm);
-        if (want_x && S->diff != DIFF_FD) {
-            /* dL/da = 2 Re(U^dagger phi) = 2 (Phr Ur + Phi Ui) row-wise */
-            double *C = gx + b0 * jc->n_in + jc->prep_off;
-            cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nb,
-                        (int)D, (int)D, 2.0, Phr, (int)D, dn.Ur, (int)D, 0.0,
-                        C, (int)jc->n_in);
-            cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nb,
-                        (int)D, (int)D, 2.0, Phi, (int)D, dn.Ui, (int)D, 1.0,
-                        C, (int)jc->n_in);
-        }
-        if (want_w && adjoint) {
-            size_t lda;
-            const double *A = dense_A(jc, &dn, b0, &lda);
-            cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)D,
-                        (int)D, (int)nb, 1.0, Phr, (int)D, A, (int)lda, 1.0, Xr,
-                        (int)D);
-            cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)D,
-                        (int)D, (int)nb, 1.0, Phi, (int)D, A, (int)lda, 1.0, Xi,
-                        (int)D);
-        }
+        if (xpart)
+            for (size_t gi = 0; gi < ng; gi++) {
+                const double *xr = xpart + gi * 2 * D * D, *xi = xr + D * D;
+                for (size_t i = 0; i < D * D; i++) {
+                    Xr[i] += xr[i];
+                    Xi[i] += xi[i];
+                }
+            }
     }
     if (rc)
         goto out;
@@ -1885,22 +2805,22 @@ static int dense_backward(const jctx *jc, const double *g, double *gw,
                     double tot = 0;
                     for (size_t b0 = 0; b0 < B && !rc; b0 += blk) {
                         size_t nb = B - b0 < blk ? B - b0 : blk;
-                        dense_states(jc, &dn, b0, nb);
-                        /* sample streams continue per sample: the shot
-                         * sequence of sample b is its own */
-                        SV_BATCH_LOOP(jc, nb, ws, {
-                            size_t b = b0 + r_;
-                            dense_row(&dn, r_, w_->psi);
-                            qd_rng rr;
-                            if (jc->shots > 0)
-                                qd_rng_seed(&rr, jc->shot_seed ^
-                                                     (0x9e3779b97f4a7c15ull *
-                                                      (k * 4 + a + 1) + (uint64_t)s),
-                                            (uint64_t)b);
-                            rc_ = measure(jc, w_->psi, w_, 0,
-                                          jc->shots > 0 ? &rr : NULL, w_->e,
-                                          NULL);
-                            eb[r_] = dot_out(jc, g + b * jc->n_out, w_->e);
+                        /* sample streams are seeded per (shift, sample) */
+                        SV_GROUP_LOOP(jc, nb, ws, {
+                            dense_states(jc, &dn, b0, r0, r1);
+                            for (size_t r = r0; r < r1 && !rc_; r++) {
+                                size_t b = b0 + r;
+                                dense_row(&dn, r, w_->psi);
+                                qd_rng rr;
+                                if (jc->shots > 0)
+                                    qd_rng_seed(&rr, jc->shot_seed ^
+                                                         (0x9e3779b97f4a7c15ull *
+                                                          (k * 4 + a + 1) + (uint64_t)s),
+                                                (uint64_t)b);
+                                rc_ = measure(jc, w_->psi, w_, 0,
+                                              jc->shots > 0 ? &rr : NULL, w_->e, NULL);
+                                eb[r] = dot_out(jc, g + b * jc->n_out, w_->e);
+                            }
                         });
                         for (size_t r = 0; r < nb; r++)
                             tot += eb[r];
@@ -1923,15 +2843,6 @@ static int dense_backward(const jctx *jc, const double *g, double *gw,
     }
     *execs = total;
 out:
-    free(Phr);
-    free(Phi);
-    free(Xr);
-    free(Xi);
-    free(Xc);
-    free(rhobuf);
-    free(eb);
-    dense_free(&dn);
-    workers_free(ws, nw);
     return rc;
 }
 
@@ -1970,11 +2881,14 @@ static int sv_backward(void *self, const qd_sim_job *job, const double *g_expect
     if (jc.dense) {
         rc = dense_backward(&jc, g_expect, g_weights, g_inputs, g_mats, &execs);
     } else {
+        jctx_prepare(&jc, S->diff == DIFF_ADJOINT);
         rc = gates_backward(&jc, g_expect, g_weights, g_inputs, g_mats, &execs);
         if (!rc && S->diff != DIFF_ADJOINT)
             execs += B * shift_extra_execs(&jc, g_inputs && jc.n_in,
                                            g_mats && jc.rho_len);
     }
+    /* the sweep and shift rules overwrite the kept states */
+    S->fc.valid = 0;
     if (rc)
         goto done;
     charge(S, &jc, execs);
@@ -2051,7 +2965,12 @@ static int sv_create(const qd_host *h, void **self)
 
 static void sv_destroy(void *self)
 {
-    free(self);
+    sv *S = self;
+    if (!S)
+        return;
+    for (int i = 0; i < BUF_COUNT_; i++)
+        free(S->buf[i]);
+    free(S);
 }
 
 static void sv_stats(void *self, qd_sim_stats *out)
@@ -2073,8 +2992,8 @@ static const qd_param sv_params[] = {
      "rounding ~1e-10; use ~0.1 with shots)"},
     {"method", QD_PARAM_ENUM, 0, "auto", 0, 0, "auto|gates|dense", 0, NULL,
      "gates: gate by gate per sample; dense: one 2^n x 2^n unitary for the "
-     "batch (gates may not read inputs); auto: dense for n <= 8 and "
-     "batch >= 2^n / 8"},
+     "batch (gates may not read inputs); auto: dense when that is faster "
+     "(n <= 8 and batch >= 2^n/2, 2^n at n = 7, 3 * 2^n at n = 8)"},
     {NULL, 0, 0, NULL, 0, 0, NULL, 0, NULL, NULL},
 };
 

@@ -50,6 +50,9 @@ static void setup_dir(void)
 
 static void teardown_dir(void)
 {
+    char mnt[300];
+    snprintf(mnt, sizeof mnt, "%s/mnt", g_dir);
+    umount(mnt); /* in case a tmpfs test stopped early; fails harmlessly */
     qd_io_set_fail_after(-1);
     qd_io_set_write_chunk(0);
     nftw(g_dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
@@ -67,6 +70,8 @@ static const char *P(const char *name)
 
 static char *slurp(const char *path, size_t *len)
 {
+    if (len)
+        *len = 0;
     FILE *f = fopen(path, "rb");
     if (!f)
         return NULL;
@@ -204,23 +209,26 @@ Test(io, injected_disk_full_keeps_old_file)
     qd_io_set_fail_after(-1);
 }
 
-Test(io, env_var_injects_failure)
+/* No .init here: the hooks must not have been touched in this process
+ * (Criterion runs every test in a fresh process) so that the first write
+ * reads QD_IO_FAIL_AFTER from the environment. */
+Test(io_env, env_var_injects_failure)
 {
-    /* a fresh process reads QD_IO_FAIL_AFTER at its first write */
-    pid_t pid = fork();
-    cr_assert_neq(pid, -1);
-    if (pid == 0) {
-        setenv("QD_IO_FAIL_AFTER", "3", 1);
-        qd_error err = {0};
-        const char *p = P("env.txt");
-        int rc = qd_write_atomic(p, "0123456789", 10, &err);
-        int ok = rc == QD_ERR_IO && access(p, F_OK) != 0 && count_temps(g_dir) == 0;
-        _exit(ok ? 0 : 1);
-    }
-    int st;
-    waitpid(pid, &st, 0);
-    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0,
-              "QD_IO_FAIL_AFTER=3 did not make the write fail cleanly");
+    char dir[] = "/tmp/qd_test_io_env_XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    char p[64];
+    snprintf(p, sizeof p, "%s/env.txt", dir);
+    setenv("QD_IO_FAIL_AFTER", "3", 1);
+    qd_error err = {0};
+    int rc = qd_write_atomic(p, "0123456789", 10, &err);
+    int exists = access(p, F_OK) == 0, temps = count_temps(dir);
+    qd_io_set_fail_after(-1);
+    int rc2 = qd_write_atomic(p, "0123456789", 10, &err);
+    unlink(p);
+    rmdir(dir);
+    cr_assert_eq(rc, QD_ERR_IO, "QD_IO_FAIL_AFTER=3 did not make the write fail");
+    cr_assert(!exists && temps == 0);
+    cr_assert_eq(rc2, QD_OK, "%s", err.msg);
 }
 
 Test(io, short_writes_are_completed)
@@ -369,34 +377,63 @@ Test(io, stale_temps_of_dead_processes_removed)
 
 Test(io, real_full_tmpfs, .timeout = 60)
 {
-    qd_error err = {0};
+    qd_error err = {0}, csv_err = {0};
     const char *mnt = P("mnt");
     cr_assert_eq(qd_mkdir_p(mnt, &err), QD_OK);
     if (geteuid() != 0 || mount("tmpfs", mnt, "tmpfs", 0, "size=64k") != 0)
         cr_skip_test("cannot mount a tmpfs here (%s)", strerror(errno));
-    char file[600];
+    /* collect results first, assert after unmounting */
+    char file[600], csvp[600], filler[600];
     snprintf(file, sizeof file, "%s/ckpt.bin", mnt);
-    int ok = qd_write_atomic(file, "previous checkpoint", 19, &err) == QD_OK;
+    snprintf(csvp, sizeof csvp, "%s/metrics.csv", mnt);
+    snprintf(filler, sizeof filler, "%s/filler", mnt);
+    int ok_old = qd_write_atomic(file, "previous checkpoint", 19, &err) == QD_OK;
     size_t n = 1 << 20;
     char *big = calloc(1, n);
-    int rc = qd_write_atomic(file, big, n, &err);
-    char *s = slurp(file, NULL);
-    int temps = count_temps(mnt);
-    /* a CSV append hitting ENOSPC also keeps its file well formed */
-    char csvp[600];
-    snprintf(csvp, sizeof csvp, "%s/m.csv", mnt);
-    const char *cols[] = {"it"};
-    qd_csv *csv = NULL;
-    int csv_ok = qd_csv_open(csvp, cols, 1, &csv, &err) == QD_OK;
+    int rc_big = qd_write_atomic(file, big, n, &err);
     free(big);
-    umount(mnt);
-    cr_assert(ok);
-    cr_assert_eq(rc, QD_ERR_IO);
-    cr_assert(strstr(err.msg, "ckpt.bin") || csv_ok, "%s", err.msg);
-    cr_assert_str_eq(s, "previous checkpoint");
-    cr_assert_eq(temps, 0);
-    free(s);
+    char *old = slurp(file, NULL);
+    int temps = count_temps(mnt);
+
+    /* a CSV log on a disk that fills up: appends fail cleanly */
+    qd_csv *csv = NULL;
+    const char *cols[] = {"iteration", "loss"};
+    int ok_csv = qd_csv_open(csvp, cols, 2, &csv, &csv_err) == QD_OK;
+    FILE *f = fopen(filler, "wb");
+    char page[4096] = {0};
+    while (f && fwrite(page, 1, sizeof page, f) == sizeof page && fflush(f) == 0)
+        ;
+    if (f)
+        fclose(f);
+    size_t committed = 0;
+    int rc_row = QD_OK;
+    for (int i = 0; ok_csv && i < 100000 && rc_row == QD_OK; i++) {
+        const double r[2] = {i, 1.0 / (i + 3)};
+        rc_row = qd_csv_row(csv, r, 2, &csv_err);
+        committed += rc_row == QD_OK;
+    }
     qd_csv_close(csv);
+    size_t csv_len = 0;
+    char *csv_text = slurp(csvp, &csv_len);
+    size_t lines = 0;
+    for (size_t i = 0; csv_text && i < csv_len; i++)
+        lines += csv_text[i] == '\n';
+    int ends_clean = csv_text && csv_len && csv_text[csv_len - 1] == '\n';
+    umount(mnt);
+
+    cr_assert(ok_old);
+    cr_assert_eq(rc_big, QD_ERR_IO);
+    cr_assert(strstr(err.msg, "ckpt.bin") && strstr(err.msg, strerror(ENOSPC)), "%s",
+              err.msg);
+    cr_assert_str_eq(old, "previous checkpoint");
+    cr_assert_eq(temps, 0);
+    cr_assert(ok_csv, "%s", csv_err.msg);
+    cr_assert_eq(rc_row, QD_ERR_IO, "the full disk never refused a row");
+    cr_assert(committed > 0);
+    cr_assert(ends_clean, "CSV ends in a half row");
+    cr_assert_eq(lines, committed + 1);
+    free(old);
+    free(csv_text);
 }
 
 /* ------------------------------------------------------------------------
@@ -817,4 +854,835 @@ Test(io, npy_roundtrip_all_dtypes_and_ranks)
     cr_assert_eq(qd_npy_write(P("r.npy"), QD_NPY_F8, nine, 9, &one, &err),
                  QD_ERR_INVALID);
     cr_assert_eq(access(P("r.npy"), F_OK), 0);
+}
+
+Test(io, npy_files_load_in_numpy)
+{
+    if (!have_python_numpy())
+        cr_skip_test("/usr/bin/python3 with numpy not available");
+    qd_error err = {0};
+    static const struct {
+        qd_npy_dtype t;
+        size_t ndim;
+        size_t shape[8];
+    } cases[] = {
+        {QD_NPY_F8, 3, {2, 3, 4}}, {QD_NPY_I4, 1, {5}},   {QD_NPY_I8, 2, {2, 2}},
+        {QD_NPY_U1, 3, {3, 1, 2}}, {QD_NPY_F8, 0, {0}},   {QD_NPY_F8, 8, {1, 2, 1, 2, 1, 2, 1, 3}},
+        {QD_NPY_I4, 2, {0, 3}},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        size_t n = 1;
+        for (size_t d = 0; d < cases[k].ndim; d++)
+            n *= cases[k].shape[d];
+        unsigned char buf[8 * 64];
+        npy_values(cases[k].t, n, buf);
+        char name[32];
+        snprintf(name, sizeof name, "c%zu.npy", k);
+        cr_assert_eq(qd_npy_write(P(name), cases[k].t, cases[k].shape, cases[k].ndim,
+                                  buf, &err), QD_OK, "%s", err.msg);
+    }
+    const char *py =
+        "import sys, numpy as np\n"
+        "d = sys.argv[1]\n"
+        "vals = {'f8': lambda i: i * 0.1 - 2.5, 'i4': lambda i: i * 7 - 50,\n"
+        "        'i8': lambda i: (i << 33) - 5, 'u1': lambda i: (i * 37) % 256}\n"
+        "types = {'f8': np.float64, 'i4': np.int32, 'i8': np.int64, 'u1': np.uint8}\n"
+        "cases = [('f8', (2, 3, 4)), ('i4', (5,)), ('i8', (2, 2)), ('u1', (3, 1, 2)),\n"
+        "         ('f8', ()), ('f8', (1, 2, 1, 2, 1, 2, 1, 3)), ('i4', (0, 3))]\n"
+        "for k, (kind, shape) in enumerate(cases):\n"
+        "    a = np.load('%s/c%d.npy' % (d, k))\n"
+        "    assert a.dtype == types[kind], (k, a.dtype)\n"
+        "    assert a.shape == shape, (k, a.shape)\n"
+        "    assert a.flags['C_CONTIGUOUS']\n"
+        "    n = int(np.prod(shape))\n"
+        "    assert a.ravel().tolist() == [vals[kind](i) for i in range(n)], k\n"
+        "print('numpy ok')\n";
+    cr_assert_eq(run_python(py, g_dir), 0, "numpy rejected or misread our .npy files");
+}
+
+Test(io, npy_reads_numpy_written_files)
+{
+    if (!have_python_numpy())
+        cr_skip_test("/usr/bin/python3 with numpy not available");
+    const char *py =
+        "import sys, numpy as np\n"
+        "d = sys.argv[1]\n"
+        "np.save(d + '/n1.npy', np.arange(12, dtype='<f8').reshape(3, 4) * 0.25)\n"
+        "np.save(d + '/n2.npy', np.array([1, -2, 3], dtype='<i4'))\n"
+        "np.save(d + '/n3.npy', np.array(7, dtype='<i8'))\n"
+        "np.save(d + '/n4.npy', np.arange(256, dtype='u1'))\n"
+        "np.save(d + '/n5.npy', np.asfortranarray(np.ones((2, 3))))\n"
+        "np.save(d + '/n6.npy', np.ones(3, dtype='>f8'))\n"
+        "np.save(d + '/n7.npy', np.ones(3, dtype='<f4'))\n"
+        "np.save(d + '/n8.npy', np.zeros((0,)))\n";
+    cr_assert_eq(run_python(py, g_dir), 0);
+    qd_error err = {0};
+    qd_npy a;
+    cr_assert_eq(qd_npy_read(P("n1.npy"), &a, &err), QD_OK, "%s", err.msg);
+    cr_assert(a.dtype == QD_NPY_F8 && a.ndim == 2 && a.shape[0] == 3 && a.shape[1] == 4);
+    for (size_t i = 0; i < 12; i++)
+        cr_assert(((double *)a.data)[i] == 0.25 * (double)i);
+    qd_npy_free(&a);
+    cr_assert_eq(qd_npy_read(P("n2.npy"), &a, &err), QD_OK, "%s", err.msg);
+    cr_assert(a.dtype == QD_NPY_I4 && a.count == 3 && ((int32_t *)a.data)[1] == -2);
+    qd_npy_free(&a);
+    cr_assert_eq(qd_npy_read(P("n3.npy"), &a, &err), QD_OK, "%s", err.msg);
+    cr_assert(a.dtype == QD_NPY_I8 && a.ndim == 0 && a.count == 1 &&
+              ((int64_t *)a.data)[0] == 7);
+    qd_npy_free(&a);
+    cr_assert_eq(qd_npy_read(P("n4.npy"), &a, &err), QD_OK, "%s", err.msg);
+    cr_assert(a.dtype == QD_NPY_U1 && a.count == 256 && ((uint8_t *)a.data)[200] == 200);
+    qd_npy_free(&a);
+    cr_assert_eq(qd_npy_read(P("n5.npy"), &a, &err), QD_ERR_UNSUPPORTED);
+    cr_assert(strstr(err.msg, "Fortran"), "%s", err.msg);
+    cr_assert_eq(qd_npy_read(P("n6.npy"), &a, &err), QD_ERR_UNSUPPORTED);
+    cr_assert(strstr(err.msg, ">f8"), "%s", err.msg);
+    cr_assert_eq(qd_npy_read(P("n7.npy"), &a, &err), QD_ERR_UNSUPPORTED);
+    cr_assert_eq(qd_npy_read(P("n8.npy"), &a, &err), QD_OK, "%s", err.msg);
+    cr_assert(a.ndim == 1 && a.shape[0] == 0 && a.count == 0);
+    qd_npy_free(&a);
+}
+
+/* A .npy image with the given header text (padded like numpy) and data. */
+static unsigned char *make_npy(const char *dict, int major, size_t data_len,
+                               size_t *len)
+{
+    size_t pre = major == 1 ? 10 : 12;
+    size_t dl = strlen(dict);
+    size_t hlen = (pre + dl + 1 + 63) / 64 * 64 - pre;
+    *len = pre + hlen + data_len;
+    unsigned char *b = calloc(1, *len);
+    memcpy(b, "\x93NUMPY", 6);
+    b[6] = (unsigned char)major;
+    b[7] = 0;
+    if (major == 1) {
+        b[8] = (unsigned char)hlen;
+        b[9] = (unsigned char)(hlen >> 8);
+    } else {
+        for (int i = 0; i < 4; i++)
+            b[8 + i] = (unsigned char)(hlen >> (8 * i));
+    }
+    memset(b + pre, ' ', hlen);
+    memcpy(b + pre, dict, dl);
+    b[pre + hlen - 1] = '\n';
+    return b;
+}
+
+Test(io, npy_malformed_headers)
+{
+    static const struct {
+        const char *dict;
+        size_t data;
+        int major;
+        int rc;
+        const char *msg;
+    } cases[] = {
+        {"{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), }", 48, 1, QD_OK, ""},
+        {"{\"descr\": \"<i4\", \"shape\": (3,), \"fortran_order\": False}", 12, 1, QD_OK, ""},
+        {"{'descr': '<f8', 'fortran_order': False, 'shape': (2,), }", 16, 2, QD_OK, ""},
+        {"{'descr': '<f8', 'fortran_order': False, 'shape': (), }", 8, 1, QD_OK, ""},
+        {"{'descr': '<f8', 'fortran_order': False}", 8, 1, QD_ERR_FORMAT, "missing 'shape'"},
+        {"{'descr': '<f8', 'fortran_order': False, 'shape': (1,), 'foo': 1}", 8, 1,
+         QD_ERR_FORMAT, "unexpected key"},
+        {"{'descr': '<f8', 'fortran_order': False, 'shape': (3)}", 24, 1, QD_ERR_FORMAT,
+         "needs (n,)"},
+        {"{'descr': '<f8', 'descr': '<f8', 'fortran_order': False, 'shape': (1,)}", 8, 1,
+         QD_ERR_FORMAT, "duplicate"},
+        {"{'descr': '<f8', 'fortran_order': True, 'shape': (1,)}", 8, 1,
+         QD_ERR_UNSUPPORTED, "Fortran"},
+        {"{'descr': '<f8, 'fortran_order': False, 'shape': (1,)}", 8, 1,
+         QD_ERR_UNSUPPORTED, "'<f8, '"},
+        {"{'descr': '<f8}", 8, 1, QD_ERR_FORMAT, "unterminated"},
+        {"{'descr': '<f8', 'fortran_order': False, 'shape': (1,)", 8, 1, QD_ERR_FORMAT,
+         "expected ',' or '}'"},
+        {"{'descr': '<f8', 'fortran_order': False, 'shape': (99999999999999999999999,)}",
+         8, 1, QD_ERR_FORMAT, "bad dimension"},
+        {"{'descr': '<f8', 'fortran_order': False, 'shape': (4294967296, 4294967296, 16)}",
+         8, 1, QD_ERR_FORMAT, "too large"},
+        {"{'descr': '<f8', 'fortran_order': False, 'shape': (-1,)}", 8, 1, QD_ERR_FORMAT,
+         ""},
+        {"{'descr': '<f8', 'fortran_order': False, 'shape': (2,,)}", 16, 1, QD_ERR_FORMAT,
+         ""},
+        {"{'descr': '<f8', 'fortran_order': False, 'shape': (,)}", 16, 1, QD_ERR_FORMAT,
+         ""},
+        {"{'descr': '<f8', 'fortran_order': False, 'shape': (1,1,1,1,1,1,1,1,1)}", 8, 1,
+         QD_ERR_UNSUPPORTED, "dimensions"},
+        {"{'descr': '<c16', 'fortran_order': False, 'shape': (1,)}", 16, 1,
+         QD_ERR_UNSUPPORTED, "'<c16'"},
+        {"{'descr': [('a', '<f8')], 'fortran_order': False, 'shape': (1,)}", 8, 1,
+         QD_ERR_UNSUPPORTED, "structured"},
+        {"{'descr': '<f8', 'fortran_order': False, 'shape': (1,)} x", 8, 1, QD_ERR_FORMAT,
+         "junk"},
+        {"{'descr': '<f8', 'fortran_order': 0, 'shape': (1,)}", 8, 1, QD_ERR_FORMAT,
+         "not a bool"},
+        {"", 0, 1, QD_ERR_FORMAT, "not a dict"},
+        {"{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), }", 47, 1,
+         QD_ERR_FORMAT, "truncated"},
+        {"{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), }", 49, 1,
+         QD_ERR_FORMAT, "trailing"},
+        {"{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), }", 48, 3,
+         QD_ERR_UNSUPPORTED, "version 3.0"},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        size_t len;
+        unsigned char *b = make_npy(cases[k].dict, cases[k].major, cases[k].data, &len);
+        qd_npy a;
+        qd_error err = {0};
+        int rc = qd_npy_parse(b, len, &a, &err);
+        cr_assert_eq(rc, cases[k].rc, "case %zu (%s): rc %d, %s", k, cases[k].dict, rc,
+                     err.msg);
+        cr_assert(strstr(err.msg, cases[k].msg), "case %zu: message '%s' lacks '%s'", k,
+                  err.msg, cases[k].msg);
+        if (rc == QD_OK)
+            qd_npy_free(&a);
+        else
+            cr_assert_null(a.data);
+        free(b);
+    }
+    /* header length pointing past the end, bad magic, tiny files */
+    size_t len;
+    unsigned char *b = make_npy("{'descr': '<f8', 'fortran_order': False, 'shape': (1,)}",
+                                1, 8, &len);
+    qd_npy a;
+    qd_error err = {0};
+    b[9] = 0xff;
+    cr_assert_eq(qd_npy_parse(b, len, &a, &err), QD_ERR_FORMAT);
+    cr_assert(strstr(err.msg, "exceeds"), "%s", err.msg);
+    b[9] = 0;
+    b[1] = 'X';
+    cr_assert_eq(qd_npy_parse(b, len, &a, &err), QD_ERR_FORMAT);
+    b[1] = 'N';
+    for (size_t cut = 0; cut < len; cut++) {
+        unsigned char *c = malloc(cut ? cut : 1);
+        memcpy(c, b, cut);
+        cr_assert_neq(qd_npy_parse(c, cut, &a, &err), QD_OK, "prefix %zu accepted", cut);
+        free(c);
+    }
+    cr_assert_eq(qd_npy_parse(b, len, &a, &err), QD_OK, "%s", err.msg);
+    qd_npy_free(&a);
+    free(b);
+}
+
+/* ------------------------------------------------------------------------
+ * PNG grid
+ * ---------------------------------------------------------------------- */
+
+/* Decode a PNG with libpng; returns rows of 8-bit samples (caller frees). */
+static unsigned char *read_png(const char *path, unsigned *w, unsigned *h,
+                               int *channels)
+{
+    FILE *f = fopen(path, "rb");
+    cr_assert_not_null(f, "png %s missing", path);
+    png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
+    png_infop info = png_create_info_struct(png);
+    if (setjmp(png_jmpbuf(png)))
+        cr_assert_fail("libpng could not decode %s", path);
+    png_init_io(png, f);
+    png_read_png(png, info, PNG_TRANSFORM_IDENTITY, NULL);
+    *w = png_get_image_width(png, info);
+    *h = png_get_image_height(png, info);
+    cr_assert_eq(png_get_bit_depth(png, info), 8);
+    int ct = png_get_color_type(png, info);
+    *channels = ct == PNG_COLOR_TYPE_GRAY ? 1 : ct == PNG_COLOR_TYPE_RGB ? 3 : -1;
+    png_bytepp rows = png_get_rows(png, info);
+    size_t stride = (size_t)*w * (size_t)(*channels > 0 ? *channels : 1);
+    unsigned char *out = malloc(stride * *h);
+    for (unsigned y = 0; y < *h; y++)
+        memcpy(out + y * stride, rows[y], stride);
+    png_destroy_read_struct(&png, &info, NULL);
+    fclose(f);
+    return out;
+}
+
+Test(io, png_grid_grey_per_image_upscaled)
+{
+    /* 5 images of 3x4 in a 2x3 grid, upscale 2. Image i holds a_i + b_i*k
+     * with k in 0..255 and both 0 and 255 present, so per-image min-max
+     * scaling must give exactly k. */
+    enum { N = 5, H = 3, W = 4 };
+    double img[N * H * W];
+    int k_of[N][H * W];
+    for (int i = 0; i < N; i++) {
+        double a = -1.0 - i, b = 0.01 * (i + 1);
+        for (int j = 0; j < H * W; j++) {
+            int k = j == 0 ? 0 : j == 1 ? 255 : (i * 53 + j * 17) % 256;
+            k_of[i][j] = k;
+            img[i * H * W + j] = a + b * k;
+        }
+    }
+    qd_error err = {0};
+    const char *p = P("grid.png");
+    cr_assert_eq(qd_png_write_grid(p, img, N, 1, H, W, 2, 3, QD_PNG_SCALE_PER_IMAGE, 2,
+                                   &err), QD_OK, "%s", err.msg);
+    unsigned w, h;
+    int ch;
+    unsigned char *px = read_png(p, &w, &h, &ch);
+    cr_assert_eq(ch, 1);
+    cr_assert_eq(w, 3 * (2 * W + 1) - 1);
+    cr_assert_eq(h, 2 * (2 * H + 1) - 1);
+    for (unsigned y = 0; y < h; y++) {
+        for (unsigned x = 0; x < w; x++) {
+            unsigned r = y / (2 * H + 1), ty = y % (2 * H + 1);
+            unsigned c = x / (2 * W + 1), tx = x % (2 * W + 1);
+            unsigned i = r * 3 + c;
+            int want;
+            if (ty == 2 * H || tx == 2 * W || i >= N)
+                want = QD_PNG_GAP_VALUE;
+            else
+                want = k_of[i][(ty / 2) * W + tx / 2];
+            cr_assert_eq(px[y * w + x], want, "pixel (%u,%u): %d, want %d", x, y,
+                         px[y * w + x], want);
+        }
+    }
+    free(px);
+    cr_assert_eq(count_temps(g_dir), 0);
+}
+
+Test(io, png_grid_rgb_global_scale)
+{
+    /* 2 RGB images 2x2 side by side; one min..max over both images */
+    enum { N = 2, C = 3, H = 2, W = 2 };
+    double img[N * C * H * W];
+    int k_of[N * C * H * W];
+    for (int j = 0; j < N * C * H * W; j++) {
+        int k = j == 5 ? 0 : j == 17 ? 255 : (j * 29 + 3) % 250 + 2;
+        k_of[j] = k;
+        img[j] = 3.0 + 0.5 * k;
+    }
+    qd_error err = {0};
+    const char *p = P("rgb.png");
+    cr_assert_eq(qd_png_write_grid(p, img, N, C, H, W, 1, 2, QD_PNG_SCALE_GLOBAL, 1, &err),
+                 QD_OK, "%s", err.msg);
+    unsigned w, h;
+    int ch;
+    unsigned char *px = read_png(p, &w, &h, &ch);
+    cr_assert_eq(ch, 3);
+    cr_assert_eq(w, 5);
+    cr_assert_eq(h, 2);
+    for (unsigned y = 0; y < h; y++)
+        for (unsigned x = 0; x < w; x++)
+            for (int c = 0; c < C; c++) {
+                int want = x == 2 ? QD_PNG_GAP_VALUE
+                                  : k_of[((x / 3) * C + c) * H * W + y * W + x % 3];
+                cr_assert_eq(px[(y * w + x) * 3 + c], want, "(%u,%u,%d)", x, y, c);
+            }
+    free(px);
+    /* per-image scaling of the same set differs: image 0 lacks 255 */
+    cr_assert_eq(qd_png_write_grid(p, img, N, C, H, W, 1, 2, QD_PNG_SCALE_PER_IMAGE, 1,
+                                   &err), QD_OK);
+    px = read_png(p, &w, &h, &ch);
+    int maxv = 0;
+    for (unsigned y = 0; y < h; y++)
+        for (unsigned x = 0; x < 2; x++)
+            for (int c = 0; c < 3; c++)
+                if (px[(y * w + x) * 3 + c] > maxv)
+                    maxv = px[(y * w + x) * 3 + c];
+    cr_assert_eq(maxv, 255);
+    free(px);
+}
+
+Test(io, png_grid_rejects_bad_input)
+{
+    qd_error err = {0};
+    double img[8] = {0, 1, 2, 3, 4, NAN, 6, 7};
+    const char *p = P("bad.png");
+    cr_assert_eq(qd_png_write_grid(p, img, 2, 1, 2, 2, 1, 2, QD_PNG_SCALE_GLOBAL, 1, &err),
+                 QD_ERR_NUMERIC);
+    cr_assert(strstr(err.msg, "image 1"), "%s", err.msg);
+    cr_assert_neq(access(p, F_OK), 0, "a file was written despite the error");
+    img[5] = 5;
+    cr_assert_eq(qd_png_write_grid(p, img, 2, 2, 2, 1, 1, 2, QD_PNG_SCALE_GLOBAL, 1, &err),
+                 QD_ERR_INVALID);
+    cr_assert_eq(qd_png_write_grid(p, img, 2, 1, 2, 2, 1, 1, QD_PNG_SCALE_GLOBAL, 1, &err),
+                 QD_ERR_INVALID);
+    cr_assert_eq(qd_png_write_grid(p, img, 2, 1, 2, 2, 0, 2, QD_PNG_SCALE_GLOBAL, 1, &err),
+                 QD_ERR_INVALID);
+    /* a constant image is black, not NaN-scaled */
+    double flat[4] = {0.3, 0.3, 0.3, 0.3};
+    cr_assert_eq(qd_png_write_grid(p, flat, 1, 1, 2, 2, 1, 1, QD_PNG_SCALE_PER_IMAGE, 1,
+                                   &err), QD_OK, "%s", err.msg);
+    unsigned w, h;
+    int ch;
+    unsigned char *px = read_png(p, &w, &h, &ch);
+    cr_assert(w == 2 && h == 2 && px[0] == 0 && px[3] == 0);
+    free(px);
+    /* injected disk-full: no file, no temp */
+    qd_io_set_fail_after(10);
+    cr_assert_eq(qd_png_write_grid(P("full.png"), flat, 1, 1, 2, 2, 1, 1,
+                                   QD_PNG_SCALE_PER_IMAGE, 1, &err), QD_ERR_IO);
+    qd_io_set_fail_after(-1);
+    cr_assert_neq(access(P("full.png"), F_OK), 0);
+    cr_assert_eq(count_temps(g_dir), 0);
+}
+
+/* ------------------------------------------------------------------------
+ * CSV
+ * ---------------------------------------------------------------------- */
+
+static const char *const k_cols[] = {"iteration", "loss", "lr_mean"};
+
+Test(io, csv_rows_full_precision)
+{
+    qd_error err = {0};
+    const char *p = P("metrics.csv");
+    qd_csv *csv;
+    cr_assert_eq(qd_csv_open(p, k_cols, 3, &csv, &err), QD_OK, "%s", err.msg);
+    cr_assert_eq(qd_csv_rows(csv), 0);
+    cr_assert_eq(qd_csv_column(csv, "loss"), 1);
+    cr_assert_eq(qd_csv_column(csv, "nope"), -1);
+    qd_csv_set_i64(csv, 0, 0);
+    qd_csv_set_f64(csv, 1, 0.1);
+    qd_csv_set_f64(csv, 2, 1.0 / 3.0);
+    cr_assert_eq(qd_csv_commit_row(csv, &err), QD_OK, "%s", err.msg);
+    qd_csv_set_i64(csv, 0, 9007199254740993LL); /* not representable as double */
+    qd_csv_set_f64(csv, 1, NAN);
+    cr_assert_eq(qd_csv_commit_row(csv, &err), QD_OK); /* lr_mean left empty */
+    const double row[3] = {2, INFINITY, -INFINITY};
+    cr_assert_eq(qd_csv_row(csv, row, 3, &err), QD_OK);
+    cr_assert_eq(qd_csv_row(csv, row, 2, &err), QD_ERR_INVALID);
+    cr_assert_eq(qd_csv_rows(csv), 3);
+    qd_csv_close(csv);
+    char *s = slurp(p, NULL);
+    cr_assert_str_eq(s, "iteration,loss,lr_mean\n"
+                        "0,0.10000000000000001,0.33333333333333331\n"
+                        "9007199254740993,nan,\n"
+                        "2,inf,-inf\n");
+    /* %.17g reads back bit-exact */
+    cr_assert(strtod("0.33333333333333331", NULL) == 1.0 / 3.0);
+    free(s);
+}
+
+Test(io, csv_reopen_append_and_header_check)
+{
+    qd_error err = {0};
+    const char *p = P("metrics.csv");
+    qd_csv *csv;
+    const double r[3] = {1, 2, 3};
+    cr_assert_eq(qd_csv_open(p, k_cols, 3, &csv, &err), QD_OK);
+    qd_csv_row(csv, r, 3, &err);
+    qd_csv_close(csv);
+    cr_assert_eq(qd_csv_open(p, k_cols, 3, &csv, &err), QD_OK, "%s", err.msg);
+    cr_assert_eq(qd_csv_rows(csv), 1);
+    cr_assert_eq(qd_csv_row(csv, r, 3, &err), QD_OK);
+    qd_csv_close(csv);
+    char *s = slurp(p, NULL);
+    cr_assert_str_eq(s, "iteration,loss,lr_mean\n1,2,3\n1,2,3\n");
+    free(s);
+    const char *other[] = {"iteration", "loss"};
+    cr_assert_eq(qd_csv_open(p, other, 2, &csv, &err), QD_ERR_FORMAT);
+    cr_assert(strstr(err.msg, "iteration,loss,lr_mean") && strstr(err.msg, p), "%s",
+              err.msg);
+    const char *bad[] = {"a,b"};
+    cr_assert_eq(qd_csv_open(P("x.csv"), bad, 1, &csv, &err), QD_ERR_INVALID);
+    const char *dup[] = {"a", "a"};
+    cr_assert_eq(qd_csv_open(P("x.csv"), dup, 2, &csv, &err), QD_ERR_INVALID);
+}
+
+Test(io, csv_partial_row_from_killed_writer_dropped)
+{
+    qd_error err = {0};
+    const char *p = P("metrics.csv");
+    const char *text = "iteration,loss,lr_mean\n1,2,3\n4,5,6\n7,8";
+    spit(p, text, strlen(text));
+    qd_csv *csv;
+    cr_assert_eq(qd_csv_open(p, k_cols, 3, &csv, &err), QD_OK, "%s", err.msg);
+    cr_assert_eq(qd_csv_rows(csv), 2);
+    const double r[3] = {7, 8, 9};
+    cr_assert_eq(qd_csv_row(csv, r, 3, &err), QD_OK);
+    qd_csv_close(csv);
+    char *s = slurp(p, NULL);
+    cr_assert_str_eq(s, "iteration,loss,lr_mean\n1,2,3\n4,5,6\n7,8,9\n");
+    free(s);
+}
+
+Test(io, csv_truncate_rows_for_resume)
+{
+    qd_error err = {0};
+    const char *p = P("metrics.csv");
+    qd_csv *csv;
+    cr_assert_eq(qd_csv_open(p, k_cols, 3, &csv, &err), QD_OK);
+    for (int i = 0; i < 5; i++) {
+        const double r[3] = {i, i * 0.5, 1};
+        qd_csv_row(csv, r, 3, &err);
+    }
+    qd_csv_close(csv);
+    cr_assert_eq(qd_csv_truncate_rows(p, 2, &err), QD_OK, "%s", err.msg);
+    char *s = slurp(p, NULL);
+    cr_assert_str_eq(s, "iteration,loss,lr_mean\n0,0,1\n1,0.5,1\n");
+    free(s);
+    cr_assert_eq(qd_csv_truncate_rows(p, 3, &err), QD_ERR_FORMAT);
+    cr_assert(strstr(err.msg, "holds 2 complete rows"), "%s", err.msg);
+    cr_assert_eq(qd_csv_truncate_rows(p, 0, &err), QD_OK);
+    s = slurp(p, NULL);
+    cr_assert_str_eq(s, "iteration,loss,lr_mean\n");
+    free(s);
+    cr_assert_eq(qd_csv_open(p, k_cols, 3, &csv, &err), QD_OK);
+    cr_assert_eq(qd_csv_rows(csv), 0);
+    qd_csv_close(csv);
+    cr_assert_eq(count_temps(g_dir), 0);
+}
+
+Test(io, csv_failed_append_leaves_no_half_row)
+{
+    qd_error err = {0};
+    const char *p = P("metrics.csv");
+    qd_csv *csv;
+    cr_assert_eq(qd_csv_open(p, k_cols, 3, &csv, &err), QD_OK);
+    const double r[3] = {1, 0.1, 2};
+    cr_assert_eq(qd_csv_row(csv, r, 3, &err), QD_OK);
+    qd_io_set_fail_after(5); /* the next row dies after 5 bytes */
+    cr_assert_eq(qd_csv_row(csv, r, 3, &err), QD_ERR_IO);
+    qd_io_set_fail_after(-1);
+    cr_assert(strstr(err.msg, p), "%s", err.msg);
+    char *s = slurp(p, NULL);
+    cr_assert_str_eq(s, "iteration,loss,lr_mean\n1,0.10000000000000001,2\n");
+    free(s);
+    cr_assert_eq(qd_csv_rows(csv), 1);
+    /* the log goes on after the disk frees up */
+    cr_assert_eq(qd_csv_row(csv, r, 3, &err), QD_OK, "%s", err.msg);
+    cr_assert_eq(qd_csv_rows(csv), 2);
+    qd_csv_close(csv);
+}
+
+/* ------------------------------------------------------------------------
+ * JSON
+ * ---------------------------------------------------------------------- */
+
+static const char *k_name = "run \"\xce\xb1\"\n\t\\ \x01\x1f/ \xe2\x9c\x93";
+
+static qd_json *sample_doc(void)
+{
+    qd_json *j;
+    qd_error err;
+    cr_assert_eq(qd_json_create(&j, &err), QD_OK);
+    qd_json_begin_object(j);
+    qd_json_key(j, "name");
+    qd_json_string(j, k_name);
+    qd_json_key(j, "distilled");
+    qd_json_begin_object(j);
+    qd_json_key(j, "test_acc");
+    qd_json_number(j, 0.8125);
+    qd_json_key(j, "loss");
+    qd_json_number(j, NAN);
+    qd_json_key(j, "inf");
+    qd_json_number(j, -INFINITY);
+    qd_json_key(j, "neg0");
+    qd_json_number(j, -0.0);
+    qd_json_key(j, "tiny");
+    qd_json_number(j, 5e-324);
+    qd_json_key(j, "third");
+    qd_json_number(j, 1.0 / 3.0);
+    qd_json_end_object(j);
+    qd_json_key(j, "runs");
+    qd_json_begin_array(j);
+    qd_json_begin_object(j);
+    qd_json_key(j, "seed");
+    qd_json_int(j, 1);
+    qd_json_key(j, "acc");
+    qd_json_number(j, 0.5);
+    qd_json_end_object(j);
+    qd_json_begin_object(j);
+    qd_json_key(j, "seed");
+    qd_json_uint(j, UINT64_MAX);
+    qd_json_key(j, "acc");
+    qd_json_number(j, 0.25);
+    qd_json_end_object(j);
+    qd_json_end_array(j);
+    qd_json_key(j, "ok");
+    qd_json_bool(j, 1);
+    qd_json_key(j, "none");
+    qd_json_null(j);
+    qd_json_key(j, "empty");
+    qd_json_begin_array(j);
+    qd_json_end_array(j);
+    qd_json_key(j, "eobj");
+    qd_json_begin_object(j);
+    qd_json_end_object(j);
+    qd_json_key(j, "bad");
+    qd_json_string(j, "a\xff" "b");
+    qd_json_key(j, "i64min");
+    qd_json_int(j, INT64_MIN);
+    qd_json_end_object(j);
+    return j;
+}
+
+static const char *k_doc =
+    "{\n"
+    "  \"name\": \"run \\\"\xce\xb1\\\"\\n\\t\\\\ \\u0001\\u001f/ \xe2\x9c\x93\",\n"
+    "  \"distilled\": {\n"
+    "    \"test_acc\": 0.8125,\n"
+    "    \"loss\": null,\n"
+    "    \"inf\": null,\n"
+    "    \"neg0\": -0,\n"
+    "    \"tiny\": 4.9406564584124654e-324,\n"
+    "    \"third\": 0.33333333333333331\n"
+    "  },\n"
+    "  \"runs\": [\n"
+    "    {\n"
+    "      \"seed\": 1,\n"
+    "      \"acc\": 0.5\n"
+    "    },\n"
+    "    {\n"
+    "      \"seed\": 18446744073709551615,\n"
+    "      \"acc\": 0.25\n"
+    "    }\n"
+    "  ],\n"
+    "  \"ok\": true,\n"
+    "  \"none\": null,\n"
+    "  \"empty\": [],\n"
+    "  \"eobj\": {},\n"
+    "  \"bad\": \"a\\ufffdb\",\n"
+    "  \"i64min\": -9223372036854775808\n"
+    "}\n";
+
+Test(io, json_emitter_exact_output)
+{
+    qd_json *j = sample_doc();
+    qd_error err = {0};
+    const char *text;
+    size_t len;
+    cr_assert_eq(qd_json_finish(j, &text, &len, &err), QD_OK, "%s", err.msg);
+    cr_assert_str_eq(text, k_doc);
+    cr_assert_eq(len, strlen(k_doc));
+    /* finish is idempotent */
+    cr_assert_eq(qd_json_finish(j, &text, &len, &err), QD_OK);
+    cr_assert_eq(len, strlen(k_doc));
+    cr_assert_eq(qd_json_write_file(j, P("result.json"), &err), QD_OK, "%s", err.msg);
+    qd_json_destroy(j);
+    char *s = slurp(P("result.json"), NULL);
+    cr_assert_str_eq(s, k_doc);
+    free(s);
+}
+
+Test(io, json_output_parses_in_python)
+{
+    if (access("/usr/bin/python3", X_OK) != 0)
+        cr_skip_test("/usr/bin/python3 not available");
+    qd_json *j = sample_doc();
+    qd_error err = {0};
+    cr_assert_eq(qd_json_write_file(j, P("result.json"), &err), QD_OK);
+    qd_json_destroy(j);
+    const char *py =
+        "import sys, json\n"
+        "d = json.load(open(sys.argv[1], encoding='utf-8'))\n"
+        "assert d['name'] == 'run \"\\u03b1\"\\n\\t\\\\ \\x01\\x1f/ \\u2713', repr(d['name'])\n"
+        "assert d['distilled']['third'] == 1 / 3\n"
+        "assert d['distilled']['tiny'] == 5e-324\n"
+        "assert d['distilled']['loss'] is None and d['distilled']['inf'] is None\n"
+        "assert d['runs'][1]['seed'] == 2 ** 64 - 1 and d['i64min'] == -2 ** 63\n"
+        "assert d['bad'] == 'a\\ufffdb' and d['ok'] is True and d['empty'] == []\n";
+    cr_assert_eq(run_python(py, P("result.json")), 0, "python's json disagrees");
+}
+
+Test(io, json_reader_paths)
+{
+    qd_json_value *v;
+    qd_error err = {0};
+    cr_assert_eq(qd_json_parse(k_doc, strlen(k_doc), &v, &err), QD_OK, "%s", err.msg);
+    double d;
+    cr_assert_eq(qd_json_get_number(v, "distilled.test_acc", &d, &err), QD_OK);
+    cr_assert(d == 0.8125);
+    cr_assert_eq(qd_json_get_number(v, "distilled.third", &d, &err), QD_OK);
+    cr_assert(d == 1.0 / 3.0, "%.17g", d);
+    cr_assert_eq(qd_json_get_number(v, "distilled.tiny", &d, &err), QD_OK);
+    cr_assert(d == 5e-324);
+    cr_assert_eq(qd_json_get_number(v, "runs.1.acc", &d, &err), QD_OK);
+    cr_assert(d == 0.25);
+    cr_assert_eq(qd_json_get_number(v, "distilled.loss", &d, &err), QD_ERR_NUMERIC);
+    cr_assert_eq(qd_json_get_number(v, "distilled.nope", &d, &err), QD_ERR_INVALID);
+    cr_assert(strstr(err.msg, "distilled.nope"), "%s", err.msg);
+    cr_assert_eq(qd_json_get_number(v, "name", &d, &err), QD_ERR_INVALID);
+    cr_assert_null(qd_json_get(v, "runs.2.acc"));
+    cr_assert_null(qd_json_get(v, "runs.x"));
+    cr_assert_null(qd_json_get(v, "runs.1.acc.deeper"));
+    const char *s;
+    cr_assert_eq(qd_json_get_string(v, "name", &s, &err), QD_OK);
+    cr_assert_str_eq(s, k_name);
+    cr_assert_eq(qd_json_get_string(v, "bad", &s, &err), QD_OK);
+    cr_assert_str_eq(s, "a\xef\xbf\xbd" "b");
+    cr_assert_eq(qd_json_type_of(qd_json_get(v, "ok")), QD_JSON_BOOL);
+    cr_assert(qd_json_as_bool(qd_json_get(v, "ok")));
+    cr_assert_eq(qd_json_size(qd_json_get(v, "runs")), 2);
+    cr_assert_eq(qd_json_size(qd_json_get(v, "eobj")), 0);
+    cr_assert_str_eq(qd_json_key_at(v, 1), "distilled");
+    cr_assert_eq(qd_json_type_of(qd_json_get(v, "none")), QD_JSON_NULL);
+    qd_json_value_free(v);
+
+    /* escapes, duplicates (last wins), whitespace */
+    const char *t = " {\"s\": \"\\u00e9\\ud83d\\ude00\\/\\b\\u0000x\", \"k\": 1, \"k\": 2}\r\n";
+    cr_assert_eq(qd_json_parse(t, strlen(t), &v, &err), QD_OK, "%s", err.msg);
+    size_t n;
+    s = qd_json_as_string(qd_json_get(v, "s"), &n);
+    cr_assert_eq(n, 10);
+    cr_assert(memcmp(s, "\xc3\xa9\xf0\x9f\x98\x80/\b\0x", 10) == 0);
+    cr_assert(qd_json_as_number(qd_json_get(v, "k")) == 2);
+    qd_json_value_free(v);
+
+    cr_assert_eq(qd_json_read_file(P("missing.json"), &v, &err), QD_ERR_IO);
+}
+
+Test(io, json_reader_rejects_invalid)
+{
+    static const struct {
+        const char *text;
+        const char *msg;
+    } bad[] = {
+        {"", "end of input"},
+        {"{\"a\": 1,}", "expected a string key"},
+        {"[1, 2,]", "unexpected character"},
+        {"// c\n{}", "unexpected character"},
+        {"{\"a\" 1}", "expected ':'"},
+        {"{\"a\": 1", "expected ',' or '}'"},
+        {"\"abc", "unterminated"},
+        {"\"a\x01\"", "control character"},
+        {"\"\\x\"", "bad escape"},
+        {"\"\\ud800\"", "unpaired surrogate"},
+        {"\"\\udc00\"", "unpaired surrogate"},
+        {"\"\\u12\"", "truncated \\u escape"},
+        {"\"\\u12zz\"", "hex digit"},
+        {"\"\xff\"", "UTF-8"},
+        {"\"\xc0\xaf\"", "UTF-8"},
+        {"\"\xed\xa0\x80\"", "UTF-8"},
+        {"01", "trailing"},
+        {"1.", "digits must follow '.'"},
+        {".5", "unexpected character"},
+        {"+1", "unexpected character"},
+        {"1e", "exponent"},
+        {"NaN", "unexpected character"},
+        {"nul", "unknown literal"},
+        {"1e400", "out of range"},
+        {"{} {}", "trailing"},
+        {"[1]\n  x", "2:3"},
+    };
+    for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+        qd_json_value *v = (qd_json_value *)1;
+        qd_error err = {0};
+        int rc = qd_json_parse(bad[k].text, strlen(bad[k].text), &v, &err);
+        cr_assert_eq(rc, QD_ERR_FORMAT, "case %zu '%s' accepted", k, bad[k].text);
+        cr_assert_null(v);
+        cr_assert(strstr(err.msg, bad[k].msg), "case %zu: '%s' lacks '%s'", k, err.msg,
+                  bad[k].msg);
+    }
+}
+
+Test(io, json_nesting_limit)
+{
+    qd_error err = {0};
+    qd_json_value *v;
+    char buf[2 * QD_JSON_MAX_DEPTH + 2];
+    for (int d = QD_JSON_MAX_DEPTH; d <= QD_JSON_MAX_DEPTH + 1; d++) {
+        memset(buf, '[', (size_t)d);
+        memset(buf + d, ']', (size_t)d);
+        int rc = qd_json_parse(buf, 2 * (size_t)d, &v, &err);
+        if (d == QD_JSON_MAX_DEPTH) {
+            cr_assert_eq(rc, QD_OK, "depth %d: %s", d, err.msg);
+            qd_json_value_free(v);
+        } else {
+            cr_assert_eq(rc, QD_ERR_FORMAT);
+            cr_assert(strstr(err.msg, "nesting too deep"), "%s", err.msg);
+        }
+    }
+    /* a million open brackets: rejected without exhausting the stack */
+    size_t n = 1000000;
+    char *deep = malloc(n);
+    memset(deep, '[', n);
+    cr_assert_eq(qd_json_parse(deep, n, &v, &err), QD_ERR_FORMAT);
+    free(deep);
+}
+
+Test(io, json_emitter_misuse_reported)
+{
+    qd_error err = {0};
+    qd_json *j;
+    qd_json_create(&j, &err);
+    qd_json_begin_object(j);
+    qd_json_number(j, 1);
+    qd_json_end_object(j);
+    cr_assert_eq(qd_json_finish(j, NULL, NULL, &err), QD_ERR_INTERNAL);
+    cr_assert(strstr(err.msg, "without a key"), "%s", err.msg);
+    qd_json_destroy(j);
+
+    qd_json_create(&j, &err);
+    qd_json_begin_array(j);
+    cr_assert_eq(qd_json_finish(j, NULL, NULL, &err), QD_ERR_INTERNAL);
+    cr_assert(strstr(err.msg, "incomplete"), "%s", err.msg);
+    qd_json_end_object(j);
+    cr_assert_eq(qd_json_finish(j, NULL, NULL, &err), QD_ERR_INTERNAL);
+    cr_assert(strstr(err.msg, "end_object"), "%s", err.msg);
+    cr_assert_eq(qd_json_write_file(j, P("x.json"), &err), QD_ERR_INTERNAL);
+    cr_assert_neq(access(P("x.json"), F_OK), 0);
+    qd_json_destroy(j);
+
+    qd_json_create(&j, &err);
+    for (int i = 0; i <= QD_JSON_MAX_DEPTH; i++)
+        qd_json_begin_array(j);
+    cr_assert_eq(qd_json_finish(j, NULL, NULL, &err), QD_ERR_INTERNAL);
+    cr_assert(strstr(err.msg, "nesting"), "%s", err.msg);
+    qd_json_destroy(j);
+}
+
+/* ------------------------------------------------------------------------
+ * Mutation smoke test of the three parsers (libFuzzer goes further; under
+ * ASan this catches any out-of-bounds read on corrupted input).
+ * ---------------------------------------------------------------------- */
+
+Test(io, parsers_survive_random_mutations, .timeout = 60)
+{
+    qd_error err = {0};
+    qd_rng rng;
+    qd_rng_seed(&rng, 2024, 1);
+    /* seeds */
+    const size_t shape[2] = {3, 2};
+    const double v[6] = {1, 2, 3, 4, 5, 6};
+    qd_npy_write(P("s.npy"), QD_NPY_F8, shape, 2, v, &err);
+    write_ckpt(P("s.ckpt"), "payload");
+    size_t nlen, clen, jlen = strlen(k_doc);
+    unsigned char *npy = (unsigned char *)slurp(P("s.npy"), &nlen);
+    unsigned char *ck = (unsigned char *)slurp(P("s.ckpt"), &clen);
+    int accepted[3] = {0, 0, 0};
+    for (int it = 0; it < 3000; it++) {
+        for (int which = 0; which < 3; which++) {
+            const unsigned char *src = which == 0 ? npy : which == 1 ? ck
+                                                    : (const unsigned char *)k_doc;
+            size_t len = which == 0 ? nlen : which == 1 ? clen : jlen;
+            unsigned char *m = malloc(len);
+            memcpy(m, src, len);
+            int edits = 1 + (int)qd_rng_bounded(&rng, 4);
+            for (int e = 0; e < edits; e++) {
+                size_t at = qd_rng_bounded(&rng, (uint32_t)len);
+                switch (qd_rng_bounded(&rng, 3)) {
+                case 0: m[at] ^= (unsigned char)(1u << qd_rng_bounded(&rng, 8)); break;
+                case 1: m[at] = (unsigned char)qd_rng_u32(&rng); break;
+                case 2: len = at; break; /* truncate */
+                }
+                if (len == 0)
+                    break;
+            }
+            int rc;
+            if (which == 0) {
+                qd_npy a;
+                rc = qd_npy_parse(m, len, &a, &err);
+                if (!rc)
+                    qd_npy_free(&a);
+            } else if (which == 1) {
+                qd_ckpt *c;
+                rc = qd_ckpt_parse(m, len, "m", &c, &err);
+                if (!rc)
+                    qd_ckpt_destroy(c);
+            } else {
+                qd_json_value *jv;
+                rc = qd_json_parse((const char *)m, len, &jv, &err);
+                if (!rc)
+                    qd_json_value_free(jv);
+            }
+            size_t orig = which == 0 ? nlen : which == 1 ? clen : jlen;
+            int changed = len != orig || memcmp(m, src, len) != 0;
+            accepted[which] += rc == QD_OK && changed;
+            free(m);
+        }
+    }
+    /* checkpoints are fully CRC-protected: no mutant may pass */
+    cr_assert_eq(accepted[1], 0, "%d corrupted checkpoints accepted", accepted[1]);
+    free(npy);
+    free(ck);
 }

@@ -364,6 +364,13 @@ Test(dataload, fractions)
     cr_expect_eq(b.train.n, 90);   /* half of the remaining 180 */
     cr_expect_eq(b.test.n, 15);
     qd_data_bundle_free(&b);
+    /* whole numbers written as floats are counts */
+    cr_assert_eq(dt_bundle(indexed_section("validation: 1e1\nsubset: 30.0\ntest_subset: 0\n"),
+                           3, &b, &err), QD_OK, "%s", err.msg);
+    cr_expect_eq(b.val.n, 10);
+    cr_expect_eq(b.train.n, 30);
+    cr_expect_eq(b.test.n, NTEST);
+    qd_data_bundle_free(&b);
 }
 
 Test(dataload, bad_core_values)
@@ -382,6 +389,9 @@ Test(dataload, bad_core_values)
     rc = dt_bundle(indexed_section("subset: 1.5\n"), 1, &b, &err);
     cr_expect_neq(rc, QD_OK);
     cr_expect(strstr(err.msg, "subset"), "%s", err.msg);
+    rc = dt_bundle(indexed_section("subset: 0.001\n"), 1, &b, &err);
+    dt_expect_error(rc, &err, QD_ERR_INVALID, "subset = 0.001", "selects no sample of 200",
+                    NULL);
     rc = dt_bundle(indexed_section("validation: -3\n"), 1, &b, &err);
     cr_expect_neq(rc, QD_OK);
     cr_expect(strstr(err.msg, "validation"), "%s", err.msg);

@@ -7,7 +7,7 @@
  */
 #include "nn_test_util.h"
 
-#define H_FD 1e-6
+#define H_FD 1e-5
 #define TOL 1e-6
 
 static void random_labels(qd_rng *rng, int32_t *y, size_t n, size_t classes)
@@ -116,16 +116,41 @@ Test(conv2d, gradients_match_finite_differences)
         run_conv_case(&conv_cases[i], 1);
 }
 
+Test(conv2d, random_shapes_forward_and_gradients)
+{
+    qd_rng rng;
+    qd_rng_seed(&rng, 2024, 7);
+    for (int n = 0; n < 8; n++) {
+        conv_case c;
+        c.cin = 1 + qd_rng_bounded(&rng, 3);
+        c.k = 1 + qd_rng_bounded(&rng, 4);
+        c.pad = qd_rng_bounded(&rng, 3);
+        c.stride = 1 + qd_rng_bounded(&rng, 3);
+        c.h = c.k + qd_rng_bounded(&rng, 6);
+        c.w = c.k + qd_rng_bounded(&rng, 6);
+        c.cout = 1 + qd_rng_bounded(&rng, 3);
+        c.bias = (int)qd_rng_bounded(&rng, 2);
+        char pad[32];
+        snprintf(pad, sizeof pad, "%zu", c.pad);
+        c.padding = pad;
+        cr_log_info("conv %zu@%zux%zu from %zu x %zu x %zu, stride %zu, "
+                    "padding %zu, bias %d", c.cout, c.k, c.k, c.cin, c.h,
+                    c.w, c.stride, c.pad, c.bias);
+        run_conv_case(&c, 1);
+    }
+}
+
 Test(conv2d, fit_padding_that_cannot_fit_is_an_error)
 {
+    /* 28 + 2p - 5 + 1 is even for every p: no padding gives 27 x 27 */
     const char *yaml = "layers:\n  - {name: c, type: conv2d, out_channels: "
-                       "1, kernel: 5, padding: \"fit:40\", stride: 2}\n";
+                       "1, kernel: 5, padding: \"fit:27\"}\n";
     qd_model_opts o = t_opts(1, 28, 28, 10);
     tmodel t;
     qd_error err = {0};
     cr_assert_neq(t_build_text(&t, yaml, &o, 1, &err), QD_OK);
     cr_expect(strstr(err.msg, "layer 'c' (conv2d)") &&
-              strstr(err.msg, "fit:40"), "message: %s", err.msg);
+              strstr(err.msg, "fit:27"), "message: %s", err.msg);
     t_free(&t);
 }
 
@@ -206,6 +231,63 @@ Test(pool, stride_defaults_to_kernel)
                               &o, 1, &err), QD_OK, "%s", err.msg);
     cr_expect_eq(qd_model_layer_size(t.m, "maxpool2d0"), 16);
     t_free(&t);
+}
+
+/* ---- conv2d -> relu -> maxpool2d runs as one fused block ---- */
+
+static void run_fused(size_t cin, size_t h, size_t w, size_t cout, size_t k,
+                      size_t stride, size_t pad, size_t pk, size_t ps)
+{
+    char yaml[512];
+    snprintf(yaml, sizeof yaml,
+             "layers:\n"
+             "  - {name: c, type: conv2d, out_channels: %zu, kernel: %zu, "
+             "stride: %zu, padding: %zu}\n"
+             "  - {name: r, type: relu}\n"
+             "  - {name: p, type: maxpool2d, kernel: %zu, stride: %zu}\n",
+             cout, k, stride, pad, pk, ps);
+    size_t ho = (h + 2 * pad - k) / stride + 1, wo = (w + 2 * pad - k) / stride + 1;
+    size_t po = (ho - pk) / ps + 1, pw = (wo - pk) / ps + 1;
+    size_t classes = cout * po * pw;
+    qd_model_opts o = t_opts(cin, h, w, classes);
+    tmodel t;
+    qd_error err = {0};
+    cr_assert_eq(t_build_text(&t, yaml, &o, 13, &err), QD_OK, "%s", err.msg);
+    const size_t batch = 3, n = batch * cin * h * w;
+    double *x = malloc(n * sizeof *x);
+    double *r = malloc(batch * cout * ho * wo * sizeof *r);
+    double *got = malloc(batch * classes * sizeof *got);
+    qd_rng rng;
+    qd_rng_seed(&rng, 21, 21);
+    t_fill_normal(&rng, x, n, 1.0);
+    /* the fused pooled output equals max-pooling the unfused relu output */
+    cr_assert_eq(qd_model_forward_to(t.m, t.params, batch, x, "r", r, &err),
+                 QD_OK, "%s", err.msg);
+    cr_assert_eq(qd_model_forward(t.m, t.params, batch, x, got, &err), QD_OK);
+    for (size_t pl = 0; pl < batch * cout; pl++)
+        for (size_t oy = 0; oy < po; oy++)
+            for (size_t ox = 0; ox < pw; ox++) {
+                double m = -INFINITY;
+                for (size_t dy = 0; dy < pk; dy++)
+                    for (size_t dx = 0; dx < pk; dx++)
+                        m = fmax(m, r[(pl * ho + oy * ps + dy) * wo +
+                                      ox * ps + dx]);
+                cr_assert_float_eq(got[(pl * po + oy) * pw + ox], m, 1e-14);
+            }
+    int32_t y[3];
+    random_labels(&rng, y, batch, classes);
+    t_gradcheck(&t, batch, x, y, 60, 100, H_FD, TOL);
+    free(x);
+    free(r);
+    free(got);
+    t_free(&t);
+}
+
+Test(conv2d, fused_conv_relu_maxpool)
+{
+    run_fused(1, 12, 12, 3, 5, 1, 2, 2, 2);
+    run_fused(2, 9, 8, 2, 3, 1, 1, 3, 2);   /* overlapping windows */
+    run_fused(2, 11, 9, 3, 3, 2, 1, 2, 1);
 }
 
 /* ---- linear ---- */

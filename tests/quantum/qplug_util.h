@@ -17,11 +17,17 @@
 
 typedef double complex qp_c;
 
+#define QP_PI 3.14159265358979323846
+
+#ifndef CMPLX
+#define CMPLX(x, y) __builtin_complex((double)(x), (double)(y))
+#endif
+
 /* ---- registry and instances ---- */
 
 static qd_registry *qp_reg_;
 
-static qd_registry *qp_registry(void)
+static inline qd_registry *qp_registry(void)
 {
     if (!qp_reg_) {
         qd_error err = {0};
@@ -36,7 +42,7 @@ static qd_registry *qp_registry(void)
     return qp_reg_;
 }
 
-static void qp_teardown(void)
+static inline void qp_teardown(void)
 {
     qd_registry_destroy(qp_reg_);
     qp_reg_ = NULL;
@@ -52,7 +58,7 @@ typedef struct qp_inst {
 /* Create a plugin instance of `kind` from a YAML mapping (with `plugin:`).
  * Returns the status; on failure err holds the message. `name` is the file
  * name used in locations. */
-static int qp_try(int kind, const char *name, const char *yaml, uint64_t seed,
+static inline int qp_try(int kind, const char *name, const char *yaml, uint64_t seed,
                   qp_inst *out, qd_error *err)
 {
     memset(out, 0, sizeof *out);
@@ -75,7 +81,7 @@ static int qp_try(int kind, const char *name, const char *yaml, uint64_t seed,
     return QD_OK;
 }
 
-static qp_inst qp_make(int kind, const char *yaml)
+static inline qp_inst qp_make(int kind, const char *yaml)
 {
     qp_inst q;
     qd_error err = {0};
@@ -84,7 +90,7 @@ static qp_inst qp_make(int kind, const char *yaml)
     return q;
 }
 
-static void qp_free(qp_inst *q)
+static inline void qp_free(qp_inst *q)
 {
     qd_instance_destroy(q->inst);
     qd_config_destroy(q->cfg);
@@ -92,14 +98,14 @@ static void qp_free(qp_inst *q)
 }
 
 /* The message a plugin recorded for a failed call. */
-static const char *qp_msg(const qp_inst *q, int rc)
+static inline const char *qp_msg(const qp_inst *q, int rc)
 {
     static qd_error err;
     qd_instance_error(q->inst, rc, &err);
     return err.msg;
 }
 
-static double qp_urand(unsigned *s)
+static inline double qp_urand(unsigned *s)
 {
     *s = *s * 1103515245u + 12345u;
     return ((*s >> 8) & 0xffffff) / 16777216.0;
@@ -107,11 +113,12 @@ static double qp_urand(unsigned *s)
 
 /* ---- dense reference: gate matrices straight from their definitions ---- */
 
-/* 2x2 or 4x4 matrix of gate g with angles th (PennyLane conventions). */
-static int qp_gate(int g, const double *th, qp_c *m)
+/* 2x2 or 4x4 matrix of gate g with angles th (PennyLane conventions);
+ * m must hold 16 entries. Returns the number of wires. */
+static inline int qp_gate(int g, const double *th, qp_c *m)
 {
     const double r = 1.0 / sqrt(2.0);
-    qp_c u[4];
+    qp_c u[16];
     memset(m, 0, 16 * sizeof *m);
     switch (g) {
     case QD_GATE_I: m[0] = m[3] = 1; return 1;
@@ -120,7 +127,7 @@ static int qp_gate(int g, const double *th, qp_c *m)
     case QD_GATE_Z: m[0] = 1; m[3] = -1; return 1;
     case QD_GATE_H: m[0] = m[1] = m[2] = r; m[3] = -r; return 1;
     case QD_GATE_S: m[0] = 1; m[3] = I; return 1;
-    case QD_GATE_T: m[0] = 1; m[3] = cexp(I * M_PI / 4); return 1;
+    case QD_GATE_T: m[0] = 1; m[3] = cexp(I * QP_PI / 4); return 1;
     case QD_GATE_RX:   /* exp(-i t X / 2) */
         m[0] = m[3] = cos(th[0] / 2);
         m[1] = m[2] = -I * sin(th[0] / 2);
@@ -165,7 +172,7 @@ static int qp_gate(int g, const double *th, qp_c *m)
 }
 
 /* Full 2^n x 2^n matrix of a k-local matrix on `wires` (wires[0] MSB). */
-static void qp_full(int n, int k, const uint32_t *wires, const qp_c *m, qp_c *F)
+static inline void qp_full(int n, int k, const uint32_t *wires, const qp_c *m, qp_c *F)
 {
     size_t D = (size_t)1 << n, d = (size_t)1 << k;
     for (size_t r = 0; r < D; r++)
@@ -183,7 +190,7 @@ static void qp_full(int n, int k, const uint32_t *wires, const qp_c *m, qp_c *F)
 }
 
 /* y = F x for dense D x D F. */
-static void qp_matvec(size_t D, const qp_c *F, const qp_c *x, qp_c *y)
+static inline void qp_matvec(size_t D, const qp_c *F, const qp_c *x, qp_c *y)
 {
     for (size_t r = 0; r < D; r++) {
         qp_c s = 0;
@@ -194,7 +201,7 @@ static void qp_matvec(size_t D, const qp_c *F, const qp_c *x, qp_c *y)
 }
 
 /* C = A B (D x D). */
-static void qp_matmul(size_t D, const qp_c *A, const qp_c *B, qp_c *C)
+static inline void qp_matmul(size_t D, const qp_c *A, const qp_c *B, qp_c *C)
 {
     for (size_t i = 0; i < D; i++)
         for (size_t j = 0; j < D; j++) {
@@ -206,7 +213,7 @@ static void qp_matmul(size_t D, const qp_c *A, const qp_c *B, qp_c *C)
 }
 
 /* Apply a gate to a state vector psi of n wires. */
-static void qp_sv_gate(int n, qp_c *psi, int g, const uint32_t *wires,
+static inline void qp_sv_gate(int n, qp_c *psi, int g, const uint32_t *wires,
                        const double *th)
 {
     size_t D = (size_t)1 << n;
@@ -222,7 +229,7 @@ static void qp_sv_gate(int n, qp_c *psi, int g, const uint32_t *wires,
 }
 
 /* <psi| H (k-local on wires) |psi>. */
-static double qp_sv_expect(int n, const qp_c *psi, int k, const uint32_t *wires,
+static inline double qp_sv_expect(int n, const qp_c *psi, int k, const uint32_t *wires,
                            const qp_c *H)
 {
     size_t D = (size_t)1 << n;
@@ -238,7 +245,7 @@ static double qp_sv_expect(int n, const qp_c *psi, int k, const uint32_t *wires,
 }
 
 /* Run circuit c on |0..0> (or its state preparation) with the reference. */
-static void qp_sv_run(const qd_circuit *c, const double *w, const double *x,
+static inline void qp_sv_run(const qd_circuit *c, const double *w, const double *x,
                       qp_c *psi)
 {
     int n = (int)c->n_wires;
@@ -252,6 +259,15 @@ static void qp_sv_run(const qd_circuit *c, const double *w, const double *x,
         if (op->gate == QD_GATE_STATE_PREP) {
             for (size_t k = 0; k < D; k++)
                 psi[k] = x[op->data + k];
+            continue;
+        }
+        if (op->gate == QD_GATE_UNITARY) {
+            qp_c *F = malloc(D * D * sizeof *F), *y = malloc(D * sizeof *y);
+            qp_full(n, (int)op->n_wires, op->wires, c->matrices + op->data, F);
+            qp_matvec(D, F, psi, y);
+            memcpy(psi, y, D * sizeof *y);
+            free(F);
+            free(y);
             continue;
         }
         double th[3] = {0, 0, 0};

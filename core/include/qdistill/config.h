@@ -76,7 +76,10 @@ typedef struct qd_config_limits {
  * *out NULL and puts "file:line:col: message" in err. */
 QD_EXPORT int qd_config_load(const char *path, const qd_config_limits *limits,
                              qd_config **out, qd_error *err);
-/* The same, from a string; `name` is used as the file name in messages. */
+/* The same, from a string; `name` is used as the file name in messages and
+ * its directory resolves `file:` includes. Unlike a file, the text may hold
+ * any single YAML value (scalar, sequence, mapping; an empty text gives a
+ * null root), so it also parses defaults such as "[0.5, 0.5]". */
 QD_EXPORT int qd_config_load_string(const char *text, size_t len,
                                     const char *name,
                                     const qd_config_limits *limits,
@@ -90,8 +93,9 @@ QD_EXPORT const qd_node *qd_config_root(const qd_config *cfg);
 QD_EXPORT int qd_config_set(qd_config *cfg, const char *path, const char *value,
                             const char *origin, qd_error *err);
 
-/* Emit the tree as YAML text (block style, keys in source order) into a
- * malloc'd string. */
+/* Emit the tree as YAML text (block style, keys in source order; short
+ * lists of scalars inline as [a, b]) into a malloc'd string that loads back
+ * to the same tree. */
 QD_EXPORT char *qd_config_to_yaml(const qd_node *n);
 
 #ifdef __cplusplus

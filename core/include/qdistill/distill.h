@@ -77,8 +77,11 @@ QD_EXPORT int qd_unroll_create(qd_model *m, size_t T, size_t batch,
 QD_EXPORT void qd_unroll_destroy(qd_unroll *u);
 
 /* Forward: w_0 = w0, w_{t+1} = w_t - lrs[t] * grad_w loss(x_t, y_t; w_t),
- * x_t = xs + (t mod steps) * per_step * input_size. Keeps every w_t.
- * Returns w_T (pointer into the workspace). */
+ * x_t = xs + (t mod steps) * per_step * input_size. Keeps every w_t and
+ * inner gradient; xs and ys are borrowed (not copied) and must stay valid
+ * and unchanged until qd_unroll_backward. Returns w_T (pointer into the
+ * workspace). The loss must be deterministic (dropout off): the backward
+ * pass re-evaluates gradients near each w_t. */
 QD_EXPORT int qd_unroll_forward(qd_unroll *u, const double *w0, size_t steps,
                                 size_t per_step, const double *xs,
                                 const int32_t *ys, const double *lrs,

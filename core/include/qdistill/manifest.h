@@ -45,8 +45,11 @@ QD_EXPORT void qd_manifest_destroy(qd_manifest *m);
 
 /* Check every section against its schema (plugin sections against the
  * plugin's schema, model layers against the layer schemas, core sections
- * against the core schemas) and fill in defaults. Appends all problems to
- * diags and returns their number. */
+ * against the core schemas) and fill in defaults: those of the core sections
+ * and layers are written into the tree (located "<default>"); plugin
+ * sections keep only what was written, since host->has() must tell a given
+ * key from a default. Appends all problems to diags and returns their
+ * number. */
 QD_EXPORT size_t qd_manifest_validate(qd_manifest *m, const qd_registry *reg,
                                       qd_diags *diags);
 
@@ -59,7 +62,9 @@ QD_EXPORT uint64_t qd_manifest_seed(const qd_manifest *m);
 QD_EXPORT int qd_manifest_threads(const qd_manifest *m);   /* 0 = all cores */
 QD_EXPORT const qd_node *qd_manifest_section(const qd_manifest *m,
                                              const char *key);
-/* The resolved manifest as YAML (after overrides, merging, defaults). */
+/* The resolved manifest as YAML (after overrides, merging, defaults; the
+ * defaults of plugin sections appear as comments). Loading it again gives
+ * the same configuration. */
 QD_EXPORT char *qd_manifest_to_yaml(const qd_manifest *m);
 
 /* Split "a.b=c" into a malloc'd path and value (QD_ERR_INVALID when there is

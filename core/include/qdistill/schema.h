@@ -54,6 +54,12 @@ QD_EXPORT int qd_node_as_matrix(const qd_node *n, size_t *rows, size_t *cols,
  * "list of double", ...) for `qdistill describe` and docs (malloc'd). */
 QD_EXPORT char *qd_param_type_text(const qd_param *p);
 
+/* The schema as a Markdown table (key | type | default | description), one
+ * row per parameter; the fields of a MAP (or LIST of MAP) parameter follow
+ * it as `parent.key` (`parent[].key`) rows. Used to generate
+ * docs/manifest.md (malloc'd). */
+QD_EXPORT char *qd_schema_markdown(const qd_param *schema);
+
 #ifdef __cplusplus
 }
 #endif

@@ -66,13 +66,15 @@ typedef enum qd_optimizer_kind {
     QD_OPT_ADAM = 1
 } qd_optimizer_kind;
 
-/* The `train` section. Defaults (used for keys the node lacks):
- *   optimizer adam, lr 0.001, momentum 0.9 (sgd only), weight_decay 0,
- *   epochs 1, batch_size 64, lr_decay_every 0 (off), lr_decay_factor 0.1,
- *   clip_grad 0 (off), eval_batch_size 1000. */
+/* The `train` section. Keys the node lacks take the defaults of
+ * qd_train_schema() (manifest.h): optimizer sgd, lr 0.01, momentum 0.9,
+ * weight_decay 0, epochs 10, batch_size 64, lr_decay_every 0 (off),
+ * lr_decay_factor 0.5, clip_grad 0 (off), eval_batch_size 1000. */
 typedef struct qd_train_config {
     int optimizer;               /* qd_optimizer_kind */
-    double lr, momentum, weight_decay;
+    double lr;
+    double momentum;             /* sgd: momentum; adam: beta1 */
+    double weight_decay;
     size_t epochs, batch_size;
     size_t lr_decay_every;       /* epochs; lr *= factor every that many */
     double lr_decay_factor;

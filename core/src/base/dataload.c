@@ -142,12 +142,24 @@ static int read_count(const qd_node *section, const char *key, size_t of,
     }
     double f;
     if (qd_node_as_double(n, &f, &tmp) == QD_OK) {
-        if (!(f > 0.0 && f < 1.0))
-            return qd_node_error(n, err, QD_ERR_INVALID,
-                                 "dataset.%s must be a sample count or a fraction in "
-                                 "(0, 1), got %s", key, qd_node_str(n));
-        *out = (size_t)llround(f * (double)of);
-        return QD_OK;
+        if (f > 0.0 && f < 1.0) {
+            /* 0 would mean "off" (for subset: keep everything), so a
+             * fraction too small to select anything is an error */
+            *out = (size_t)llround(f * (double)of);
+            if (*out == 0)
+                return qd_node_error(n, err, QD_ERR_INVALID,
+                                     "dataset.%s = %s selects no sample of %zu", key,
+                                     qd_node_str(n), of);
+            return QD_OK;
+        }
+        /* a whole number written as a float ("1e3", "500.0") is a count */
+        if (f >= 0.0 && f < 9007199254740992.0 && f == floor(f)) {
+            *out = (size_t)f;
+            return QD_OK;
+        }
+        return qd_node_error(n, err, QD_ERR_INVALID,
+                             "dataset.%s must be a sample count or a fraction in (0, 1), "
+                             "got %s", key, qd_node_str(n));
     }
     return qd_node_error(n, err, QD_ERR_INVALID,
                          "dataset.%s must be a sample count or a fraction in (0, 1)",

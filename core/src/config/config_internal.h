@@ -53,6 +53,20 @@ struct qd_config {
     qd_config_limits limits;
 };
 
+/* ---- growable strings (strbuf.c) ---- */
+
+typedef struct qd_strbuf {
+    char *s;
+    size_t len, cap;
+    int failed;          /* an allocation failed: the text is incomplete */
+} qd_strbuf;
+void qd__sb_add(qd_strbuf *b, const char *s, size_t n);
+void qd__sb_puts(qd_strbuf *b, const char *s);
+void qd__sb_printf(qd_strbuf *b, const char *fmt, ...) QD_PRINTF(2, 3);
+void qd__sb_indent(qd_strbuf *b, int n);
+/* The text (malloc'd, caller frees) or NULL when an allocation failed. */
+char *qd__sb_take(qd_strbuf *b);
+
 /* ---- node storage (node.c) ---- */
 
 qd_config *qd__config_new(const qd_config_limits *limits);
@@ -74,6 +88,8 @@ long qd__map_find(const qd_node *map, const char *key);
 /* Deep copy of src (from any config) into cfg; NULL on allocation failure.
  * Recursion is bounded by the depth of src. */
 qd_node *qd__node_copy(qd_config *cfg, const qd_node *src);
+/* Give a whole subtree one location (file interned in its config). */
+void qd__relocate(qd_node *n, const char *file, int line, int col);
 /* Nodes in the subtree (keys included) and its height (a scalar has 0, a
  * collection 1 + the height of its tallest child). */
 size_t qd__node_weight(const qd_node *n);
@@ -90,8 +106,10 @@ int qd__keyidx_add(qd_keyidx *ix, const qd_node *map, size_t i);
 long qd__keyidx_find(const qd_keyidx *ix, const qd_node *map, const char *key);
 void qd__keyidx_free(qd_keyidx *ix);
 /* Merge mapping src over mapping dst in place: keys of src win; where both
- * values are mappings they merge recursively. Nodes of src are moved (src
- * must belong to the same config and is left empty). 0 or -1. */
+ * values are mappings they merge recursively. src must belong to the same
+ * config; its nodes end up in dst, so src itself must not be used in the
+ * tree afterwards (it is left intact, because it may still be the target of
+ * an anchor that a later alias copies). 0 or -1. */
 int qd__map_merge(qd_node *dst, qd_node *src);
 /* "file:line:col: " prefix for n (empty for NULL or unlocated nodes). */
 void qd__node_where(const qd_node *n, char *buf, size_t size);
@@ -122,6 +140,13 @@ typedef struct qd_parse_opts {
 int qd__parse_value(qd_config *cfg, const char *text, size_t len,
                     const qd_parse_opts *opts, qd_node **out, qd_error *err);
 
+/* ---- emitting (emit.c) ---- */
+
+/* qd_config_to_yaml with a hook called after the keys of every non-empty
+ * mapping (at the indentation of its keys), e.g. to add comment lines. */
+typedef void (*qd__emit_hook)(qd_strbuf *b, const qd_node *map, int indent, void *ctx);
+char *qd__to_yaml_hook(const qd_node *n, qd__emit_hook hook, void *ctx);
+
 /* ---- scalars (scalar.c) ---- */
 
 /* Parse a real or complex number ("1", "-0.5", "1e-3", "2j", "1+2j",
@@ -140,18 +165,10 @@ int qd__conv_double(const qd_node *n, double *out, char *msg, size_t size);
 int qd__matrix(const qd_node *n, size_t *rows, size_t *cols, double complex **out,
                const qd_node **bad, char *msg, size_t size);
 
-/* ---- growable strings (strbuf.c) ---- */
+/* ---- schemas (schema.c) ---- */
 
-typedef struct qd_strbuf {
-    char *s;
-    size_t len, cap;
-    int failed;          /* an allocation failed: the text is incomplete */
-} qd_strbuf;
-void qd__sb_add(qd_strbuf *b, const char *s, size_t n);
-void qd__sb_puts(qd_strbuf *b, const char *s);
-void qd__sb_printf(qd_strbuf *b, const char *fmt, ...) QD_PRINTF(2, 3);
-void qd__sb_indent(qd_strbuf *b, int n);
-/* The text (malloc'd, caller frees) or NULL when an allocation failed. */
-char *qd__sb_take(qd_strbuf *b);
+/* Check one value against its parameter (as qd_schema_validate does for
+ * each key); returns the number of problems added. */
+size_t qd__check_param(const qd_param *p, const qd_node *v, const char *what, qd_diags *d);
 
 #endif /* QD_CONFIG_INTERNAL_H */

@@ -34,18 +34,6 @@ static void parse_origin(const char *origin, char *name, size_t size, int *line,
     }
 }
 
-static void relocate(qd_node *n, const char *file, int line, int col)
-{
-    n->file = file;
-    n->line = line;
-    n->col = col;
-    for (size_t i = 0; i < n->len; i++) {
-        relocate(n->items[i], file, line, col);
-        if (n->type == QD_NODE_MAP)
-            relocate(n->keys[i], file, line, col);
-    }
-}
-
 static qd_node *new_key(qd_config *cfg, const char *s, size_t len, const char *file, int line,
                         int col)
 {
@@ -83,16 +71,18 @@ static void describe_items(const qd_node *seq, char *buf, size_t size)
         snprintf(buf, size, "it is empty");
         return;
     }
-    if (!named) {
-        snprintf(buf, size, "it has items 0-%zu", seq->len - 1);
-        return;
-    }
     qd_strbuf b = {0};
-    qd__sb_printf(&b, "it has items 0-%zu, named", seq->len - 1);
-    for (size_t i = 0; i < seq->len; i++) {
-        const char *nm = qd_node_str(qd_node_get(seq->items[i], "name"));
-        if (nm)
-            qd__sb_printf(&b, "%s %s", i ? "," : "", nm);
+    if (seq->len == 1)
+        qd__sb_puts(&b, "it has 1 item, index 0");
+    else
+        qd__sb_printf(&b, "it has %zu items, indices 0-%zu", seq->len, seq->len - 1);
+    if (named) {
+        qd__sb_puts(&b, "; named");
+        for (size_t i = 0, k = 0; i < seq->len && b.len < 240; i++) {
+            const char *nm = qd_node_str(qd_node_get(seq->items[i], "name"));
+            if (nm)
+                qd__sb_printf(&b, "%s %s", k++ ? "," : "", nm);
+        }
     }
     char *s = qd__sb_take(&b);
     snprintf(buf, size, "%s", s ? s : "");
@@ -151,7 +141,7 @@ int qd_config_set(qd_config *cfg, const char *path, const char *value, const cha
         return qd_error_set(err, rc, "%s: bad value '%s' for '%s': %s", where,
                             qd__quote(value, qv), qp, perr.msg);
     }
-    relocate(val, file, oline, ocol);
+    qd__relocate(val, file, oline, ocol);
 
     qd_node *cur = cfg->root;
     const char *s = path;

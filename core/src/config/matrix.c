@@ -44,9 +44,8 @@ int qd__matrix(const qd_node *n, size_t *rows, size_t *cols, double complex **ou
         if (i == 0) {
             c = row->len;
         } else if (row->len != c) {
-            snprintf(buf, sizeof buf,
-                     "ragged matrix: row %zu has %zu entries but row 1 has %zu", i + 1,
-                     row->len, c);
+            snprintf(buf, sizeof buf, "ragged matrix: row %zu has %zu entr%s but row 1 has %zu",
+                     i + 1, row->len, row->len == 1 ? "y" : "ies", c);
             return fail(row, bad, msg, size, buf);
         }
     }
@@ -79,7 +78,11 @@ int qd__matrix(const qd_node *n, size_t *rows, size_t *cols, double complex **ou
                 free(m);
                 return fail(e, bad, msg, size, buf);
             }
-            m[i * c + j] = CMPLX(re, im);
+            /* a complex is laid out as double[2] (C17 6.2.5); this also
+             * compiles where CMPLX is missing (clang with older glibc) */
+            double *z = (double *)&m[i * c + j];
+            z[0] = re;
+            z[1] = im;
         }
     }
     *rows = r;

@@ -193,6 +193,15 @@ qd_node *qd__node_copy(qd_config *cfg, const qd_node *src)
     n->flow = src->flow;
     if (src->str && qd__node_set_str(n, src->str, strlen(src->str)))
         return NULL;
+    if (src->len) {
+        /* exact size up front: copies are the bulk of alias expansion */
+        n->items = malloc(src->len * sizeof *n->items);
+        if (src->type == QD_NODE_MAP)
+            n->keys = malloc(src->len * sizeof *n->keys);
+        if (!n->items || (src->type == QD_NODE_MAP && !n->keys))
+            return NULL;
+        n->cap = src->len;
+    }
     for (size_t i = 0; i < src->len; i++) {
         qd_node *v = qd__node_copy(cfg, src->items[i]);
         if (!v)
@@ -206,6 +215,18 @@ qd_node *qd__node_copy(qd_config *cfg, const qd_node *src)
         }
     }
     return n;
+}
+
+void qd__relocate(qd_node *n, const char *file, int line, int col)
+{
+    n->file = file;
+    n->line = line;
+    n->col = col;
+    for (size_t i = 0; i < n->len; i++) {
+        qd__relocate(n->items[i], file, line, col);
+        if (n->type == QD_NODE_MAP)
+            qd__relocate(n->keys[i], file, line, col);
+    }
 }
 
 size_t qd__node_weight(const qd_node *n)
@@ -326,7 +347,6 @@ int qd__map_merge(qd_node *dst, qd_node *src)
         }
     }
     qd__keyidx_free(&ix);
-    src->len = 0;
     return rc;
 }
 

@@ -316,10 +316,12 @@ static size_t check_value(const qd_param *p, uint32_t type, const qd_node *v, co
         if (!et)
             return count;  /* a list of lists: elements are not described */
         for (size_t i = 0; i < v->len; i++) {
-            char elab[600], esub[600];
+            char elab[600], esub[700];
             snprintf(elab, sizeof elab, "%s, item %zu", lab, i);
-            subwhat(esub, sizeof esub, sub, "", -1);
-            snprintf(esub, sizeof esub, "%s[%zu]", sub, i);
+            if (strpbrk(sub, " '"))
+                snprintf(esub, sizeof esub, "item %zu of %s", i, sub);
+            else
+                snprintf(esub, sizeof esub, "%s[%zu]", sub, i);
             count += check_value(p, et, v->items[i], elab, esub, d, depth + 1);
         }
         return count;
@@ -430,6 +432,14 @@ static size_t check_section(const qd_param *schema, const qd_node *sec,
         count++;
     }
     return count;
+}
+
+size_t qd__check_param(const qd_param *p, const qd_node *v, const char *what, qd_diags *d)
+{
+    char lab[600], sub[600];
+    label(lab, sizeof lab, p->name, what);
+    subwhat(sub, sizeof sub, what, p->name, -1);
+    return check_value(p, p->type, v, lab, sub, d, 0);
 }
 
 size_t qd_schema_validate(const qd_param *schema, const qd_node *section,

@@ -83,15 +83,14 @@ static int load_file(load_ctx *ctx, const char *path, const qd_node *at, int dep
  * Helpers
  * ---------------------------------------------------------------------- */
 
-static int line_of(const doc *d, yaml_mark_t m)
+/* libyaml marks are 0-based; messages are 1-based (and clamped to int). */
+static int line_of(yaml_mark_t m)
 {
-    (void)d;
     return (int)(m.line > 100000000 ? 100000000 : m.line) + 1;
 }
 
-static int col_of(const doc *d, yaml_mark_t m)
+static int col_of(yaml_mark_t m)
 {
-    (void)d;
     return (int)(m.column > 100000000 ? 100000000 : m.column) + 1;
 }
 
@@ -113,11 +112,17 @@ static int doc_error(doc *d, int line, int col, int code, const char *fmt, ...)
     return qd_error_set(d->err, code, "%s at column %d", body, col);
 }
 
-static int ev_error(doc *d, const yaml_event_t *ev, const char *fmt, const char *a,
-                    const char *b)
+/* An error located at an event. */
+static int ev_error(doc *d, const yaml_event_t *ev, const char *fmt, ...) QD_PRINTF(3, 4);
+static int ev_error(doc *d, const yaml_event_t *ev, const char *fmt, ...)
 {
-    return doc_error(d, line_of(d, ev->start_mark), col_of(d, ev->start_mark),
-                     QD_ERR_MANIFEST, fmt, a, b);
+    char body[QD_ERROR_MSG_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(body, sizeof body, fmt, ap);
+    va_end(ap);
+    return doc_error(d, line_of(ev->start_mark), col_of(ev->start_mark), QD_ERR_MANIFEST, "%s",
+                     body);
 }
 
 static int nomem(doc *d)
@@ -130,12 +135,12 @@ static qd_node *new_node(doc *d, int type, yaml_mark_t m, int *rc)
 {
     const qd_config_limits *lim = &d->ctx->cfg->limits;
     if (++d->ctx->n_nodes > lim->max_nodes) {
-        *rc = doc_error(d, line_of(d, m), col_of(d, m), QD_ERR_MANIFEST,
+        *rc = doc_error(d, line_of(m), col_of(m), QD_ERR_MANIFEST,
                         "the document has more than %zu nodes (limit max_nodes)",
                         lim->max_nodes);
         return NULL;
     }
-    qd_node *n = qd__node_new(d->ctx->cfg, type, d->opts->name, line_of(d, m), col_of(d, m));
+    qd_node *n = qd__node_new(d->ctx->cfg, type, d->opts->name, line_of(m), col_of(m));
     if (!n)
         *rc = nomem(d);
     return n;
@@ -186,18 +191,22 @@ static int parser_error(doc *d, const yaml_parser_t *p)
                              prob, (unsigned)p->problem_value & 0xFFu);
         return doc_error(d, line, col, QD_ERR_MANIFEST, "%s", prob);
     }
-    int line = line_of(d, p->problem_mark), col = col_of(d, p->problem_mark);
+    int line = line_of(p->problem_mark), col = col_of(p->problem_mark);
     const char *prob = p->problem ? p->problem : "syntax error";
     const char *hint = "";
     size_t idx = p->problem_mark.index;
     /* libyaml marks count characters; for the usual ASCII indentation the
      * character index is the byte index */
     if (idx < d->len && d->text[idx] == '\t')
-        hint = " (tabs cannot be used for indentation; use spaces)";
+        hint = "; tabs cannot be used for indentation, use spaces";
+    if (!d->opts->name)  /* a one-line value: positions would not help */
+        return qd_error_set(d->err, QD_ERR_MANIFEST, "%s%s%s%s%s", prob,
+                            p->context ? " (" : "", p->context ? p->context : "",
+                            p->context ? ")" : "", hint);
     if (p->context)
-        return doc_error(d, line, col, QD_ERR_MANIFEST, "%s%s (%s at line %d, column %d)",
-                         prob, hint, p->context, line_of(d, p->context_mark),
-                         col_of(d, p->context_mark));
+        return doc_error(d, line, col, QD_ERR_MANIFEST, "%s (%s at line %d, column %d)%s",
+                         prob, p->context, line_of(p->context_mark),
+                         col_of(p->context_mark), hint);
     return doc_error(d, line, col, QD_ERR_MANIFEST, "%s%s", prob, hint);
 }
 
@@ -588,7 +597,7 @@ static int on_scalar(doc *d, const yaml_event_t *ev)
     const char *v = (const char *)ev->data.scalar.value;
     size_t len = ev->data.scalar.length;
     if (memchr(v, '\0', len))
-        return ev_error(d, ev, "%s%s", "a value contains a NUL character (\\0)", "");
+        return ev_error(d, ev, "a value contains a NUL character (\\0)");
     int style;
     switch (ev->data.scalar.style) {
     case YAML_SINGLE_QUOTED_SCALAR_STYLE: style = QD_STYLE_SINGLE; break;
@@ -628,13 +637,13 @@ static int on_alias(doc *d, const yaml_event_t *ev)
     size_t w = qd__node_weight(src);
     if (w > lim->max_nodes - (d->ctx->n_nodes < lim->max_nodes ? d->ctx->n_nodes
                                                                   : lim->max_nodes))
-        return doc_error(d, line_of(d, ev->start_mark), col_of(d, ev->start_mark),
+        return doc_error(d, line_of(ev->start_mark), col_of(ev->start_mark),
                          QD_ERR_MANIFEST,
                          "alias '*%s' would expand the document beyond %zu nodes (limit "
                          "max_nodes; is this an alias bomb?)",
                          qd__quote(name, q), lim->max_nodes);
     if (d->opts->depth_base + (int)d->depth + qd__node_height(src) > lim->max_depth)
-        return doc_error(d, line_of(d, ev->start_mark), col_of(d, ev->start_mark),
+        return doc_error(d, line_of(ev->start_mark), col_of(ev->start_mark),
                          QD_ERR_MANIFEST,
                          "alias '*%s' nests the document deeper than %d levels (limit "
                          "max_depth)",
@@ -646,8 +655,8 @@ static int on_alias(doc *d, const yaml_event_t *ev)
     /* the copy's root is located where it is used; its insides stay where
      * they were written */
     n->file = d->opts->name;
-    n->line = line_of(d, ev->start_mark);
-    n->col = col_of(d, ev->start_mark);
+    n->line = line_of(ev->start_mark);
+    n->col = col_of(ev->start_mark);
     return attach(d, n);
 }
 
@@ -661,11 +670,11 @@ static int on_start(doc *d, const yaml_event_t *ev, int type)
     if ((rc = check_tag(d, ev, tag, 0, &force_str, &force_null)))
         return rc;
     if (key_expected(d))
-        return ev_error(d, ev, "a mapping key must be a plain value, not %s%s",
-                        type == QD_NODE_SEQ ? "a sequence" : "a mapping", "");
+        return ev_error(d, ev, "a mapping key must be a plain value, not %s",
+                        type == QD_NODE_SEQ ? "a sequence" : "a mapping");
     int max = d->ctx->cfg->limits.max_depth;
     if (level_next(d) > max)
-        return doc_error(d, line_of(d, ev->start_mark), col_of(d, ev->start_mark),
+        return doc_error(d, line_of(ev->start_mark), col_of(ev->start_mark),
                          QD_ERR_MANIFEST, "nesting is deeper than %d levels (limit max_depth)",
                          max);
     qd_node *n = new_node(d, type, ev->start_mark, &rc);
@@ -682,10 +691,9 @@ static int on_event(doc *d, const yaml_event_t *ev)
     switch (ev->type) {
     case YAML_DOCUMENT_START_EVENT:
         if (d->n_docs++ > 0)
-            return ev_error(d, ev, "%s%s",
-                            "a second YAML document ('---') in one file; a manifest is "
-                            "one document",
-                            "");
+            return ev_error(d, ev,
+                            "a second YAML document ('---') in one file; a manifest is one "
+                            "document");
         return 0;
     case YAML_SCALAR_EVENT:
         return on_scalar(d, ev);
@@ -845,8 +853,8 @@ static int load_file(load_ctx *ctx, const char *path, const qd_node *at, int dep
                      qd_node **out, qd_error *err)
 {
     *out = NULL;
-    char *text;
-    size_t len;
+    char *text = NULL;
+    size_t len = 0;
     int rc = read_file(path, ctx->cfg->limits.max_bytes, &text, &len, err);
     if (rc) {
         if (at && rc == QD_ERR_IO) {

@@ -30,7 +30,13 @@
 
 double fd2_norm(const double *v, size_t n)
 {
-    /* scaled accumulation: no overflow for |v_i| up to DBL_MAX / sqrt(n) */
+    /* one plain pass; the scaled two-pass version only when the sum of
+     * squares overflowed or underflowed (tiny meta-gradients) */
+    double s0 = 0.0;
+    for (size_t i = 0; i < n; i++)
+        s0 += v[i] * v[i];
+    if (isfinite(s0) && s0 > 1e-280)
+        return sqrt(s0);
     double mx = 0.0;
     for (size_t i = 0; i < n; i++) {
         double a = fabs(v[i]);

@@ -296,9 +296,13 @@ static int parse_header(const char *h, size_t hlen, qd_npy *out, qd_error *err)
             size_t dl;
             if (have_descr++)
                 return qd_error_set(err, QD_ERR_FORMAT, "npy header: duplicate 'descr'");
+            skip_ws(&s);
+            int quoted = s.p < s.end && (*s.p == '\'' || *s.p == '"');
             if (read_str(&s, &d, &dl))
-                return qd_error_set(err, QD_ERR_UNSUPPORTED,
-                                    "npy header: 'descr' is not a simple dtype string");
+                return quoted ? qd_error_set(err, QD_ERR_FORMAT,
+                                             "npy header: unterminated string")
+                              : qd_error_set(err, QD_ERR_UNSUPPORTED,
+                                             "npy: structured dtypes are not supported");
             int rc = parse_descr(d, dl, &out->dtype, err);
             if (rc)
                 return rc;

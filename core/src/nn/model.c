@@ -45,11 +45,14 @@ struct qd_model {
     int training;
     qd_rng rng;
     volatile int *stop;        /* opts.stop_flag */
-    size_t cap, gcap;          /* batch capacity of out / grad buffers */
-    double **out;              /* per layer; aliases point into producers */
+    double **out;              /* per layer; aliases point into producers,
+                                  NULL inside a fused block */
     double **own;              /* per layer owned output storage */
     double **grad;             /* per layer output gradients */
+    size_t *own_cap, *grad_cap;   /* their capacities in samples */
     unsigned char *mark, *needs, *gvalid;
+    unsigned char *fuse_head;  /* conv2d heading a conv->relu->maxpool block */
+    unsigned char *fused_run;  /* ... that the last forward ran fused */
 };
 
 /* ---- construction ---- */
@@ -231,7 +234,10 @@ static void model_free_buffers(qd_model *m)
     free(m->own);
     free(m->out);
     free(m->grad);
+    free(m->own_cap);
+    free(m->grad_cap);
     m->own = m->out = m->grad = NULL;
+    m->own_cap = m->grad_cap = NULL;
 }
 
 void qd_model_destroy(qd_model *m)
@@ -250,7 +256,31 @@ void qd_model_destroy(qd_model *m)
     free(m->mark);
     free(m->needs);
     free(m->gvalid);
+    free(m->fuse_head);
+    free(m->fused_run);
     free(m);
+}
+
+/* conv2d -> relu -> maxpool2d chains whose intermediate outputs nobody
+ * else reads run as one fused block (conv2d.c). */
+static void find_fusions(qd_model *m)
+{
+    size_t *readers = calloc(m->n_layers, sizeof *readers);
+    if (!readers)
+        return;   /* fusion is an optimisation: run unfused */
+    for (size_t i = 0; i < m->n_layers; i++)
+        for (int j = 0; j < m->layers[i].n_in; j++)
+            if (m->layers[i].in[j] >= 0)
+                readers[m->layers[i].in[j]]++;
+    for (size_t i = 0; i + 2 < m->n_layers; i++) {
+        const nn_layer *c = &m->layers[i], *r = &m->layers[i + 1],
+                       *p = &m->layers[i + 2];
+        m->fuse_head[i] = c->vt == &nn_conv2d_vt && r->vt == &nn_relu_vt &&
+                          p->vt == &nn_maxpool2d_vt && r->in[0] == (int)i &&
+                          p->in[0] == (int)i + 1 && readers[i] == 1 &&
+                          readers[i + 1] == 1;
+    }
+    free(readers);
 }
 
 int qd_model_create(const qd_node *model_section, const qd_registry *reg,
@@ -288,7 +318,16 @@ int qd_model_create(const qd_node *model_section, const qd_registry *reg,
     m->mark = calloc(m->n_layers, 1);
     m->needs = calloc(m->n_layers, 1);
     m->gvalid = calloc(m->n_layers, 1);
-    if (!m->layers || !m->mark || !m->needs || !m->gvalid) {
+    m->fuse_head = calloc(m->n_layers, 1);
+    m->fused_run = calloc(m->n_layers, 1);
+    m->out = calloc(m->n_layers, sizeof *m->out);
+    m->own = calloc(m->n_layers, sizeof *m->own);
+    m->grad = calloc(m->n_layers, sizeof *m->grad);
+    m->own_cap = calloc(m->n_layers, sizeof *m->own_cap);
+    m->grad_cap = calloc(m->n_layers, sizeof *m->grad_cap);
+    if (!m->layers || !m->mark || !m->needs || !m->gvalid || !m->fuse_head ||
+        !m->fused_run || !m->out || !m->own || !m->grad || !m->own_cap ||
+        !m->grad_cap) {
         qd_model_destroy(m);
         return qd_error_set(err, QD_ERR_NOMEM, "model: out of memory");
     }
@@ -358,6 +397,7 @@ int qd_model_create(const qd_node *model_section, const qd_registry *reg,
         qd_model_destroy(m);
         return rc;
     }
+    find_fusions(m);
     *out = m;
     return QD_OK;
 }
@@ -426,7 +466,7 @@ int qd_model_init_params(qd_model *m, qd_rng *rng, double *params,
                             "model init: model, rng and params are required");
     for (size_t i = 0; i < m->n_layers; i++) {
         nn_layer *l = &m->layers[i];
-        if (l->vt->init && l->n_params) {
+        if (l->vt->init) {   /* even without parameters: see quantum */
             int rc = l->vt->init(l, rng, params + l->param_offset, err);
             if (rc)
                 return rc;
@@ -437,55 +477,21 @@ int qd_model_init_params(qd_model *m, qd_rng *rng, double *params,
 
 /* ---- running ---- */
 
-static int reserve_out(qd_model *m, size_t batch, qd_error *err)
+/* Grow buffer i of a per-layer set (outputs or gradients) to batch
+ * samples. Buffers are allocated when first written, so the activations a
+ * fused block keeps in scratch never take memory. */
+static int ensure_buf(qd_model *m, double **bufs, size_t *caps, size_t i,
+                      size_t batch, qd_error *err)
 {
-    if (!m->out) {
-        m->out = calloc(m->n_layers, sizeof *m->out);
-        m->own = calloc(m->n_layers, sizeof *m->own);
-        if (!m->out || !m->own)
-            return qd_error_set(err, QD_ERR_NOMEM, "model: out of memory");
-    }
-    if (batch > m->cap) {
-        for (size_t i = 0; i < m->n_layers; i++) {
-            nn_layer *l = &m->layers[i];
-            free(m->own[i]);
-            m->own[i] = NULL;
-            if (l->vt->alias)
-                continue;
-            m->own[i] = malloc(batch * nn_shape_size(l->out) * sizeof(double));
-            if (!m->own[i]) {
-                m->cap = 0;
-                return qd_error_set(err, QD_ERR_NOMEM,
-                                    "model: out of memory for a batch of %zu",
-                                    batch);
-            }
-        }
-        m->cap = batch;
-    }
-    return QD_OK;
-}
-
-static int reserve_grad(qd_model *m, size_t batch, qd_error *err)
-{
-    if (!m->grad) {
-        m->grad = calloc(m->n_layers, sizeof *m->grad);
-        if (!m->grad)
-            return qd_error_set(err, QD_ERR_NOMEM, "model: out of memory");
-    }
-    if (batch > m->gcap) {
-        for (size_t i = 0; i < m->n_layers; i++) {
-            free(m->grad[i]);
-            m->grad[i] = malloc(batch * nn_shape_size(m->layers[i].out) *
-                                sizeof(double));
-            if (!m->grad[i]) {
-                m->gcap = 0;
-                return qd_error_set(err, QD_ERR_NOMEM,
-                                    "model: out of memory for a batch of %zu",
-                                    batch);
-            }
-        }
-        m->gcap = batch;
-    }
+    if (caps[i] >= batch && bufs[i])
+        return QD_OK;
+    free(bufs[i]);
+    bufs[i] = malloc(batch * nn_shape_size(m->layers[i].out) * sizeof(double));
+    caps[i] = bufs[i] ? batch : 0;
+    if (!bufs[i])
+        return qd_error_set(err, QD_ERR_NOMEM,
+                            "model: out of memory for layer '%s' at a batch "
+                            "of %zu", m->layers[i].name, batch);
     return QD_OK;
 }
 
@@ -498,10 +504,9 @@ static const double *input_ptr(const qd_model *m, const double *x, int src)
 static int run_forward(qd_model *m, const double *params, size_t batch,
                        const double *x, size_t target, qd_error *err)
 {
-    int rc = reserve_out(m, batch, err);
-    if (rc)
-        return rc;
+    int rc;
     memset(m->mark, 0, m->n_layers);
+    memset(m->fused_run, 0, m->n_layers);
     m->mark[target] = 1;
     for (size_t i = target + 1; i-- > 0;) {
         if (!m->mark[i])
@@ -521,6 +526,23 @@ static int run_forward(qd_model *m, const double *params, size_t batch,
             m->out[i] = (double *)in[0];
             continue;
         }
+        if (m->fuse_head[i] && target >= i + 2) {
+            /* conv -> relu -> maxpool: only the pooled output is stored */
+            if ((rc = ensure_buf(m, m->own, m->own_cap, i + 2, batch, err)))
+                return rc;
+            m->out[i] = m->out[i + 1] = NULL;
+            m->out[i + 2] = m->own[i + 2];
+            rc = nn_conv_relu_pool_forward(l, &m->layers[i + 2],
+                                           params + l->param_offset, batch,
+                                           in[0], m->out[i + 2], err);
+            if (rc)
+                return rc;
+            m->fused_run[i] = 1;
+            i += 2;
+            continue;
+        }
+        if ((rc = ensure_buf(m, m->own, m->own_cap, i, batch, err)))
+            return rc;
         m->out[i] = m->own[i];
         rc = l->vt->forward(l, params + l->param_offset, batch, in, m->out[i],
                             err);
@@ -595,8 +617,12 @@ static int all_finite(const double *v, size_t n)
 /* The loss is not finite: name the first layer whose parameters or output
  * are not finite. */
 static int explain_nonfinite(const qd_model *m, const double *params,
-                             size_t batch, qd_error *err)
+                             size_t batch, const double *x, qd_error *err)
 {
+    if (!all_finite(x, batch * nn_shape_size(m->in_shape)))
+        return qd_error_set(err, QD_ERR_NUMERIC,
+                            "non-finite loss: the input batch holds "
+                            "non-finite values");
     for (size_t i = 0; i < m->n_layers; i++) {
         const nn_layer *l = &m->layers[i];
         for (size_t k = 0; k < l->n_blocks; k++)
@@ -659,29 +685,47 @@ static int run_backward(qd_model *m, const double *params, size_t batch,
     int x_valid = 0;
     m->gvalid[last] = 1;   /* grad[last] holds dloss/dlogits */
     for (size_t i = n; i-- > 0;) {
+        /* the pool layer closing a fused block handles all three layers */
+        const int fused = i >= 2 && m->fused_run[i - 2];
         nn_layer *l = &m->layers[i];
-        double *g_p = g_params && l->n_params ? g_params + l->param_offset
-                                              : NULL;
+        nn_layer *src_l = fused ? &m->layers[i - 2] : l;   /* has inputs */
+        double *g_p = g_params && src_l->n_params
+                          ? g_params + src_l->param_offset
+                          : NULL;
         if (!m->gvalid[i] || !m->needs[i]) {
             if (g_p)   /* no path to the loss: zero gradient */
-                memset(g_p, 0, l->n_params * sizeof *g_p);
+                memset(g_p, 0, src_l->n_params * sizeof *g_p);
+            if (fused)
+                i -= 2;
             continue;
         }
         double *g_in[NN_MAX_IN] = {NULL, NULL};
         const double *in[NN_MAX_IN] = {NULL, NULL};
         int acc[NN_MAX_IN] = {0, 0};
-        for (int j = 0; j < l->n_in; j++) {
-            int src = l->in[j];
+        for (int j = 0; j < src_l->n_in; j++) {
+            int src = src_l->in[j];
             in[j] = input_ptr(m, x, src);
             int need = src < 0 ? g_x != NULL : m->needs[src];
             if (!need)
                 continue;
+            if (src >= 0) {
+                int rc = ensure_buf(m, m->grad, m->grad_cap, (size_t)src,
+                                    batch, err);
+                if (rc)
+                    return rc;
+            }
             g_in[j] = src < 0 ? g_x : m->grad[src];
             acc[j] = src < 0 ? x_valid : m->gvalid[src];
-            if (j == 1 && src == l->in[0] && g_in[0])
+            if (j == 1 && src == src_l->in[0] && g_in[0])
                 acc[1] = 1;   /* [a, a]: input 0 has just written it */
         }
-        if (l->vt->alias) {
+        int rc = QD_OK;
+        if (fused) {
+            rc = nn_conv_relu_pool_backward(src_l, l,
+                                            params + src_l->param_offset,
+                                            batch, in[0], m->grad[i], g_p,
+                                            g_in[0], acc[0], err);
+        } else if (l->vt->alias) {
             if (g_in[0]) {
                 size_t cnt = batch * nn_shape_size(l->out);
                 const double *g = m->grad[i];
@@ -692,20 +736,21 @@ static int run_backward(qd_model *m, const double *params, size_t batch,
                     memcpy(g_in[0], g, cnt * sizeof *g);
             }
         } else {
-            int rc = l->vt->backward(l, params + l->param_offset, batch, in,
-                                     m->out[i], m->grad[i], g_p, g_in, acc,
-                                     err);
-            if (rc)
-                return rc;
+            rc = l->vt->backward(l, params + l->param_offset, batch, in,
+                                 m->out[i], m->grad[i], g_p, g_in, acc, err);
         }
-        for (int j = 0; j < l->n_in; j++) {
+        if (rc)
+            return rc;
+        for (int j = 0; j < src_l->n_in; j++) {
             if (!g_in[j])
                 continue;
-            if (l->in[j] < 0)
+            if (src_l->in[j] < 0)
                 x_valid = 1;
             else
-                m->gvalid[l->in[j]] = 1;
+                m->gvalid[src_l->in[j]] = 1;
         }
+        if (fused)
+            i -= 2;
     }
     if (g_x && !x_valid)
         memset(g_x, 0, batch * nn_shape_size(m->in_shape) * sizeof *g_x);
@@ -732,7 +777,8 @@ int qd_model_loss_grad(qd_model *m, const double *params, size_t batch,
     if ((rc = run_forward(m, params, batch, x, last, err)))
         return rc;
     const int want_grad = g_params || g_x;
-    if (want_grad && (rc = reserve_grad(m, batch, err)))
+    if (want_grad && (rc = ensure_buf(m, m->grad, m->grad_cap, last, batch,
+                                      err)))
         return rc;
     const double *z = m->out[last];
     double L = softmax_xent(z, labels, batch, m->classes,
@@ -742,7 +788,7 @@ int qd_model_loss_grad(qd_model *m, const double *params, size_t batch,
     if (loss)
         *loss = L;
     if (!isfinite(L))
-        return explain_nonfinite(m, params, batch, err);
+        return explain_nonfinite(m, params, batch, x, err);
     if (want_grad)
         return run_backward(m, params, batch, x, g_params, g_x, err);
     return QD_OK;

@@ -18,6 +18,8 @@
 #ifndef QD_NN_INTERNAL_H
 #define QD_NN_INTERNAL_H
 
+#include <stdint.h>
+
 #include "qdistill/model.h"
 
 typedef struct nn_shape {
@@ -117,8 +119,50 @@ void nn_init_fill(nn_init kind, qd_rng *rng, size_t fan_in, size_t fan_out,
 /* Grow a scratch buffer to at least n doubles (contents not kept). */
 int nn_reserve(double **buf, size_t *cap, size_t n);
 
-/* Elementwise loops are worth threading only above this many entries. */
+/* Threads are woken only for enough work to hide the wake-up (which grows
+ * to milliseconds when the cores are shared): elementwise loops above this
+ * many entries, GEMM loops above NN_OMP_MIN_WORK multiply-adds. */
 #define NN_OMP_MIN 32768
+#define NN_OMP_MIN_WORK ((size_t)1 << 21)
+
+/* Copy-bound kernels (im2col and friends) get AVX2 / AVX-512 clones picked
+ * at load time: the library is built for baseline x86-64, where they would
+ * move 16 bytes per instruction. */
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
+#define NN_VECTOR_CLONES \
+    __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define NN_VECTOR_CLONES
+#endif
+
+/* ---- direct convolution for stride-1 layers with few taps ---- */
+
+#if defined(__GNUC__)
+#define NN_HAVE_DIRECT_CONV 1   /* needs GCC/Clang vector extensions */
+#else
+#define NN_HAVE_DIRECT_CONV 0
+#endif
+
+typedef struct nn_direct_geom {
+    size_t cin, h, w, co, k, pad, ho, wo;
+    size_t hp, wp;      /* zero-padded input planes */
+    size_t gs;          /* row length of the blocked output gradient */
+    size_t gqh, gqw;    /* output gradient padded by k-1 on every side */
+} nn_direct_geom;
+
+void nn_direct_geom_init(nn_direct_geom *g, size_t cin, size_t h, size_t w,
+                         size_t co, size_t k, size_t pad);
+/* Scratch doubles one image needs (per thread). */
+size_t nn_direct_scratch(const nn_direct_geom *g);
+/* out (co x ho x wo) = W * x + bias for one image. */
+void nn_direct_forward(const nn_direct_geom *g, const double *W,
+                       const double *bias, const double *x, double *out,
+                       double *scratch);
+/* For one image with output gradient go: gw += dL/dW (natural layout; NULL
+ * to skip), gx (+)= dL/dx (NULL to skip; add: accumulate). */
+void nn_direct_backward(const nn_direct_geom *g, const double *W,
+                        const double *x, const double *go, double *gw,
+                        double *gx, int add, double *scratch);
 
 /* ---- layer type tables (one per file) ---- */
 
@@ -134,6 +178,23 @@ extern const nn_layer_vt nn_add_vt;
 extern const nn_layer_vt nn_mix_vt;
 extern const nn_layer_vt nn_dropout_vt;
 extern const nn_layer_vt nn_quantum_vt;
+
+/* Max-pooling internals shared with the fused conv block: the argmax
+ * buffer (grown to n entries; NULL when out of memory) and the window. */
+int32_t *nn_pool_argmax(nn_layer *l, size_t n);
+void nn_pool_geometry(const nn_layer *l, size_t *k, size_t *stride);
+
+/* conv2d -> relu -> maxpool2d in one pass per image (conv2d.c); out / g_pool
+ * are the pool layer's output / output gradient, gx the conv input gradient
+ * (NULL: not needed; add: accumulate into it). */
+int nn_conv_relu_pool_forward(nn_layer *conv, nn_layer *pool,
+                              const double *p, size_t batch, const double *x,
+                              double *out, qd_error *err);
+int nn_conv_relu_pool_backward(nn_layer *conv, nn_layer *pool,
+                               const double *p, size_t batch,
+                               const double *x, const double *g_pool,
+                               double *g_p, double *gx, int add,
+                               qd_error *err);
 
 /* The stop flag the model was created with (may be NULL). */
 volatile int *nn_model_stop_flag(const qd_model *m);

@@ -56,13 +56,8 @@ static int maxpool_forward(nn_layer *l, const double *p, size_t batch,
     pool_st *s = l->st;
     const nn_shape is = l->in_shape[0], os = l->out;
     const size_t out_sz = nn_shape_size(os), n = batch * out_sz;
-    if (n > s->argmax_cap) {
-        free(s->argmax);
-        s->argmax = malloc(n * sizeof *s->argmax);
-        s->argmax_cap = s->argmax ? n : 0;
-        if (!s->argmax)
-            return nn_layer_rt_error(l, err, QD_ERR_NOMEM, "out of memory");
-    }
+    if (!nn_pool_argmax(l, n))
+        return nn_layer_rt_error(l, err, QD_ERR_NOMEM, "out of memory");
     const double *x = in[0];
     const size_t planes = batch * is.c, k = s->k, st = s->stride;
 #pragma omp parallel for schedule(static) if (n > NN_OMP_MIN / 4)
@@ -175,6 +170,24 @@ static int avgpool_backward(nn_layer *l, const double *p, size_t batch,
             }
     }
     return QD_OK;
+}
+
+int32_t *nn_pool_argmax(nn_layer *l, size_t n)
+{
+    pool_st *s = l->st;
+    if (n > s->argmax_cap) {
+        free(s->argmax);
+        s->argmax = malloc(n * sizeof *s->argmax);
+        s->argmax_cap = s->argmax ? n : 0;
+    }
+    return s->argmax;
+}
+
+void nn_pool_geometry(const nn_layer *l, size_t *k, size_t *stride)
+{
+    const pool_st *s = l->st;
+    *k = s->k;
+    *stride = s->stride;
 }
 
 static void pool_destroy(nn_layer *l)

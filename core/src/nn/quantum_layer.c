@@ -131,8 +131,11 @@ static int quantum_init(nn_layer *l, qd_rng *rng, double *p, qd_error *err)
     if (s->n_weights &&
         (rc = s->ans->init_weights(s->self[Q_ANS], rng, s->n_weights, p)))
         return plugin_fail(l, s, Q_ANS, rc, "init_weights", err);
-    if (s->n_obs &&
-        (rc = s->obs->init_params(s->self[Q_OBS], rng, p + s->n_weights)))
+    /* always called: a fixed observable draws its matrices here too, so
+     * trainable and fixed runs share them */
+    double none[1];
+    if ((rc = s->obs->init_params(s->self[Q_OBS], rng,
+                                  s->n_obs ? p + s->n_weights : none)))
         return plugin_fail(l, s, Q_OBS, rc, "init_params", err);
     return QD_OK;
 }
@@ -161,7 +164,9 @@ static int quantum_forward(nn_layer *l, const double *p, size_t batch,
         return nn_layer_rt_error(l, err, QD_ERR_NOMEM, "out of memory");
     if ((rc = s->enc->encode(s->self[Q_ENC], batch, in[0], s->inputs)))
         return plugin_fail(l, s, Q_ENC, rc, "encode", err);
-    if ((rc = s->obs->matrices(s->self[Q_OBS], p + s->n_weights, s->mats)))
+    const double none[1] = {0.0};
+    if ((rc = s->obs->matrices(s->self[Q_OBS],
+                               s->n_obs ? p + s->n_weights : none, s->mats)))
         return plugin_fail(l, s, Q_OBS, rc, "matrices", err);
     qd_sim_job job = make_job(s, p, batch);
     if ((rc = s->sim->forward(s->self[Q_SIM], &job, out)))

@@ -4,21 +4,35 @@
 #include <string.h>
 
 #include "nn_internal.h"
+#include "qdistill/manifest.h"
 #include "qdistill/train.h"
+
+/* The default of a key of the `train` schema (manifest_schema.c), so that
+ * a section read here and one filled in by manifest validation agree. */
+static double schema_default(const char *key, double fallback)
+{
+    for (const qd_param *p = qd_train_schema(); p && p->name; p++)
+        if (strcmp(p->name, key) == 0 && p->def)
+            return strtod(p->def, NULL);
+    return fallback;
+}
 
 void qd_train_config_default(qd_train_config *c)
 {
     memset(c, 0, sizeof *c);
-    c->optimizer = QD_OPT_ADAM;
-    c->lr = 0.001;
-    c->momentum = 0.9;
-    c->weight_decay = 0.0;
-    c->epochs = 1;
-    c->batch_size = 64;
-    c->lr_decay_every = 0;
-    c->lr_decay_factor = 0.1;
-    c->clip_grad = 0.0;
-    c->eval_batch_size = 1000;
+    const qd_param *opt = qd_schema_find(qd_train_schema(), "optimizer");
+    c->optimizer = opt && opt->def && strcmp(opt->def, "adam") == 0
+                       ? QD_OPT_ADAM
+                       : QD_OPT_SGD;
+    c->lr = schema_default("lr", 0.01);
+    c->momentum = schema_default("momentum", 0.9);
+    c->weight_decay = schema_default("weight_decay", 0.0);
+    c->epochs = (size_t)schema_default("epochs", 10);
+    c->batch_size = (size_t)schema_default("batch_size", 64);
+    c->lr_decay_every = (size_t)schema_default("lr_decay_every", 0);
+    c->lr_decay_factor = schema_default("lr_decay_factor", 0.5);
+    c->clip_grad = schema_default("clip_grad", 0.0);
+    c->eval_batch_size = (size_t)schema_default("eval_batch_size", 1000);
 }
 
 /* key in [lo, hi] (hi_open: < hi); absent keys keep *out. */
@@ -87,7 +101,7 @@ int qd_train_config_read(const qd_node *sec, qd_train_config *c,
         (rc = read_count(sec, "batch_size", 1, &c->batch_size, err)) ||
         (rc = read_count(sec, "lr_decay_every", 0, &c->lr_decay_every,
                          err)) ||
-        (rc = read_num(sec, "lr_decay_factor", 0.0, 1e6, 0,
+        (rc = read_num(sec, "lr_decay_factor", 0.0, 1.0, 0,
                        &c->lr_decay_factor, err)) ||
         (rc = read_num(sec, "clip_grad", 0.0, INFINITY, 1, &c->clip_grad,
                        err)) ||
@@ -243,7 +257,8 @@ int qd_train_run(qd_model *m, double *params, const qd_dataset *train,
     else if (cfg->optimizer == QD_OPT_SGD)
         rc = qd_sgd_init(&sgd, P, cfg->momentum, cfg->weight_decay, err);
     else
-        rc = qd_adam_init(&adam, P, 0.9, 0.999, 1e-8, cfg->weight_decay, err);
+        rc = qd_adam_init(&adam, P, cfg->momentum, 0.999, 1e-8,
+                          cfg->weight_decay, err);
     for (size_t i = 0; !rc && i < n; i++)
         B.idx[i] = i;
 

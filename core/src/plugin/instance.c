@@ -44,7 +44,11 @@ static void record(qd_instance *in, int code, const char *msg)
 {
     in->has_err = 1;
     in->err.code = code;
-    snprintf(in->err.msg, sizeof in->err.msg, "%s", msg);
+    size_t n = strlen(msg);
+    if (n >= sizeof in->err.msg)
+        n = sizeof in->err.msg - 1;   /* truncate long messages, keep one line */
+    memcpy(in->err.msg, msg, n);
+    in->err.msg[n] = '\0';
 }
 
 /* A getter asked for a key the schema lacks: a plugin bug, reported once. */
@@ -193,7 +197,10 @@ static const char *const *core_keys(int kind)
 {
     static const char *const plain[] = {"plugin", NULL};
     static const char *const dataset[] = {"plugin", "subset", "test_subset", "validation", NULL};
-    return kind == QD_KIND_DATASET ? dataset : plain;
+    /* the run engine's keys (qd_distill_core_schema) */
+    static const char *const distiller[] = {"plugin", "checkpoint_every", "validate_every",
+                                            "validate_models", "keep_best", NULL};
+    return kind == QD_KIND_DATASET ? dataset : kind == QD_KIND_DISTILLER ? distiller : plain;
 }
 
 int qd_instance_create(const qd_registry *reg, int kind, const qd_node *section,

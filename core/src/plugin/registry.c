@@ -286,9 +286,11 @@ static int load_file_in(qd_registry *reg, const char *path, const char *dir, qd_
         }
         for (size_t j = 0; j < n; ++j)
             if (list[j]->kind == list[n]->kind && strcmp(list[j]->name, list[n]->name) == 0) {
+                /* format first: the strings live in the object we unload */
+                qd_error_set(err, QD_ERR_PLUGIN, "%s: duplicate %s plugin '%s' in one file", path,
+                             qd_kind_name((int)list[n]->kind), list[n]->name);
                 dlclose(h);
-                return qd_error_set(err, QD_ERR_PLUGIN, "%s: duplicate %s plugin '%s' in one file",
-                                    path, qd_kind_name((int)list[n]->kind), list[n]->name);
+                return QD_ERR_PLUGIN;
             }
     }
     if (n == 0) {

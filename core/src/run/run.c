@@ -17,6 +17,7 @@
 #include "qdistill/npy.h"
 #include "qdistill/png_grid.h"
 #include "qdistill/run.h"
+#include "qdistill/schema.h"
 #include "qdistill/train.h"
 #include "run_internal.h"
 
@@ -358,8 +359,13 @@ static int phase_distill(run_ctx *c, run_state *s, qd_error *err)
         return qd_node_error(qd_node_get(sec, "validate_every"), err, QD_ERR_MANIFEST,
                              "validate_every needs a validation split: set dataset.validation");
     uint64_t n_iter = c->dvt->n_iterations(qd_instance_self(c->dist));
+    /* the epoch column: iterations x real batch / training set, when the
+     * distiller declares a real batch size */
     long long batch = 0;
-    qd_run_key_int(sec, "batch_size", 0, &batch, NULL);
+    const qd_host *dh = qd_instance_host(c->dist);
+    if (qd_instance_desc(c->dist)->params &&
+        qd_schema_find(qd_instance_desc(c->dist)->params, "batch_size"))
+        batch = dh->get_int(dh, "batch_size");
     double per_epoch = batch > 0 ? (double)c->x.data.train.n / (double)batch : 0.0;
 
     /* metrics.csv: fixed columns, then the distiller's named extras */
@@ -546,7 +552,6 @@ static int phase_evaluate(run_ctx *c, run_state *s, qd_eval_opts *o, int baselin
                           qd_error *err)
 {
     const qd_synset *syn = &s->final;
-    o->init_mode = syn->init_mode;
     double *w = malloc(c->n_params * sizeof *w);
     if (!w)
         return qd_error_set(err, QD_ERR_NOMEM, "out of memory");
@@ -706,6 +711,8 @@ static int write_distill_result(run_ctx *c, run_state *s, const qd_eval_opts *o,
     qd_json_uint(j, syn->epochs);
     qd_json_key(j, "init");
     qd_json_string(j, syn->init_mode == QD_INIT_FIXED ? "fixed" : "random");
+    qd_json_key(j, "evaluate_init");
+    qd_json_string(j, o->init_mode == QD_INIT_FIXED ? "fixed" : "random");
     qd_json_key(j, "best_iteration");
     if (s->has_best)
         qd_json_uint(j, s->best_iteration);
@@ -885,7 +892,7 @@ static int read_eval_opts(run_ctx *c, qd_eval_opts *o, int *baselines, double **
         (rc = qd_run_key_int(sec, "recipe_batch", 256, &rbatch, err)) ||
         (rc = qd_run_key_bool(sec, "baselines", 1, baselines, err)))
         return rc;
-    static const double default_grid[] = {0.001, 0.003, 0.01, 0.03, 0.1, 0.3};
+    static const double default_grid[] = {0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3};
     const qd_node *g = qd_node_get(sec, "lr_grid");
     size_t ng = g ? qd_node_len(g) : sizeof default_grid / sizeof *default_grid;
     *grid = malloc((ng ? ng : 1) * sizeof **grid);
@@ -910,6 +917,8 @@ static int read_eval_opts(run_ctx *c, qd_eval_opts *o, int *baselines, double **
     o->recipe_epochs = (size_t)repochs;
     o->recipe_batch = (size_t)rbatch;
     o->stop = c->stop;
+    const char *init = qd_run_key_str(sec, "init", "fixed");
+    o->init_mode = strcmp(init, "random") == 0 ? QD_INIT_RANDOM : QD_INIT_FIXED;
     c->n_models = (size_t)models;
     return QD_OK;
 }
@@ -1004,7 +1013,6 @@ int qd_run_execute(const qd_manifest *m, const qd_registry *reg, qd_rundir *rd,
             goto out;
     }
     if (s.phase == PHASE_DONE) {
-        eo.init_mode = s.final.init_mode;
         if ((rc = write_distill_result(&c, &s, &eo, baselines, err)))
             goto out;
         double md, sd, ms, ss;
