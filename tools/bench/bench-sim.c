@@ -306,7 +306,7 @@ static void per_size(const sim *s, unsigned n)
     for (int i = 0; i < NT; i++)
         best[i] = 1e300;
     double budget = n >= 22 ? 0 : n >= 20 ? 3.0 : 1.0, spent = 0;
-    int min_rounds = n >= 24 ? 2 : 3;
+    int min_rounds = 3;
     for (int r = 0; r < min_rounds || spent < budget; r++) {
         double t[NT];
         double t_start = now();
@@ -430,8 +430,8 @@ static void crossover(void)
 {
     printf("\ncrossover (forward+backward ms, 3 layers, state prep):\n");
     printf("  n     B     gates     dense\n");
-    for (unsigned n = 3; n <= 9; n++) {
-        for (size_t B = 1; B <= 1024; B *= 4) {
+    for (unsigned n = 3; n <= 8; n++) {
+        for (size_t B = 1; B <= 4096; B *= 4) {
             double t[2];
             for (int r = 0; r < 2; r++) {
                 sim s = sim_new(r ? "plugin: statevector\nmethod: dense\n"
@@ -448,8 +448,8 @@ static void crossover(void)
                     x[i] = 1.0 / sqrt((double)D);
                 obs o;
                 obs_z(&o, n);
-                t[r] = time_forward(&s, &c, &o, B, x, w, 0.05) +
-                       time_backward(&s, &c, &o, B, x, w, 1, 1, 0.05);
+                t[r] = time_forward(&s, &c, &o, B, x, w, 0.15) +
+                       time_backward(&s, &c, &o, B, x, w, 1, 1, 0.15);
                 free(w);
                 free(x);
                 obs_free(&o);

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "qdistill/ckpt.h"
@@ -1013,7 +1014,12 @@ int qd_run_execute(const qd_manifest *m, const qd_registry *reg, qd_rundir *rd,
             goto out;
     }
     if (s.phase == PHASE_DONE) {
-        if ((rc = write_distill_result(&c, &s, &eo, baselines, err)))
+        /* a finished run re-run: its result stands as written */
+        char *rpath = qd_rundir_file(rd, "result.json");
+        struct stat st;
+        int have = rpath && stat(rpath, &st) == 0;
+        free(rpath);
+        if (!(loaded > 0 && have) && (rc = write_distill_result(&c, &s, &eo, baselines, err)))
             goto out;
         double md, sd, ms, ss;
         qd_mean_std(s.acc_distilled, c.n_models, &md, &sd);
