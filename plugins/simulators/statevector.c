@@ -1,27 +1,32 @@
 /*
  * statevector — state-vector simulator plugin.
  *
- * Forward: expectations of Hermitian terms, exact or sampled with shots.
- * Backward: adjoint differentiation (default), parameter-shift or central
- * finite differences, for weights, per-sample inputs (gate angles and
- * state-prep amplitudes) and the observables' matrices (the reduced density
- * matrices, so trainable Hermitians train under adjoint too).
+ * Forward: expectations of Hermitian terms, exact or sampled with shots
+ * (each term in its eigenbasis). Backward: adjoint differentiation
+ * (default), parameter-shift or central finite differences, for weights,
+ * per-sample inputs (gate angles and state-prep amplitudes) and the
+ * observables' matrices (the reduced density matrices, so trainable
+ * Hermitians train under adjoint too). Execution counts per method are
+ * documented in docs/performance.md ("Simulator").
  *
  * Two routes execute a circuit:
- *   gates  every sample's state is evolved gate by gate (OpenMP over the
- *          batch, or over the amplitudes of one gate for large registers);
+ *   gates  every sample's state is evolved gate by gate: OpenMP over the
+ *          batch, or, for large registers, cache-blocked runs of gates over
+ *          chunks of the amplitudes;
  *   dense  when no gate reads an input, all samples share one circuit
  *          unitary U: it is built once (2^n x 2^n) and applied to the whole
  *          batch as a matrix product; the adjoint sweep then runs on the 2^n
  *          column states of U with X = sum_b phi_b a_b^T as co-state.
  *
  * Numerics are deterministic for a given thread count and, by construction,
- * independent of it: every reduction over amplitudes is split into a number
- * of chunks that depends only on the register size, and batch sums run over
- * per-sample partials in sample order.
+ * independent of it: every reduction is split by a partition that depends
+ * only on the register or batch size, and batch sums run over per-sample
+ * partials in sample order.
  *
  * Memory: at most three state vectors per worker thread (state, co-state or
- * shifted copy).
+ * shifted copy, and the forward's final state kept for the backward of the
+ * same job). Scratch buffers live in the instance between calls; an
+ * instance is not reentrant.
  */
 #include <cblas.h>
 #include <math.h>
@@ -1448,10 +1453,11 @@ static int jctx_init(jctx *jc, sv *S, const qd_sim_job *job, int backward)
 
     /* Route. The dense route needs one unitary for the whole batch: no
      * gate may read an input. auto: dense when the batch is large enough
-     * that building U (4^n entries) and two batch products beat B
-     * gate-by-gate runs; the crossover measured with `bench-sim
-     * --crossover` is near B = 2^n / 2 up to 6 qubits, 2^n at 7 and
-     * 3 * 2^n at 8 (docs/performance.md, "Simulator"). */
+     * that building U (4^n entries) and the batch products beat B
+     * gate-by-gate runs; `bench-sim --crossover` puts the crossover at
+     * B = 4^(n-2) for 3..7 qubits, with 1 and 2 threads, and finds no
+     * batch up to 4096 where dense wins at 8 qubits (docs/performance.md,
+     * "Simulator"). */
     int dense_ok = !jc->reads_inputs && jc->n <= SV_DENSE_MAX_WIRES;
     if (S->route == ROUTE_DENSE) {
         if (!dense_ok)
@@ -1462,8 +1468,8 @@ static int jctx_init(jctx *jc, sv *S, const qd_sim_job *job, int backward)
                           SV_DENSE_MAX_WIRES);
         jc->dense = 1;
     } else if (S->route == ROUTE_AUTO) {
-        size_t need = jc->n <= 6 ? jc->dim / 2 : jc->n == 7 ? jc->dim : 3 * jc->dim;
-        jc->dense = dense_ok && jc->n <= 8 && job->batch >= need;
+        size_t need = jc->n >= 2 ? (size_t)1 << (2 * (jc->n - 2)) : 1;
+        jc->dense = dense_ok && jc->n <= 7 && job->batch >= need;
     }
     /* Batch-parallel unless one sample is big enough to split its gates. */
     jc->bpar = jc->nthreads > 1 && job->batch > 1 &&
@@ -2403,7 +2409,8 @@ static void fcache_store(sv *S, const jctx *jc)
     S->fc.valid = 0;
     if (!ops || !mats || !w || !x)
         return;
-    memcpy(ops, c->ops, c->n_ops * sizeof *c->ops);
+    if (c->n_ops)
+        memcpy(ops, c->ops, c->n_ops * sizeof *c->ops);
     if (c->n_matrices)
         memcpy(mats, c->matrices, c->n_matrices * sizeof *c->matrices);
     if (jc->n_w)
@@ -2426,7 +2433,8 @@ static int fcache_match(const sv *S, const jctx *jc)
         f->n_in != c->n_inputs)
         return 0;
     size_t nx = job->batch * jc->n_in;
-    return memcmp(S->buf[BUF_FP_OPS], c->ops, c->n_ops * sizeof *c->ops) == 0 &&
+    return (!c->n_ops ||
+            memcmp(S->buf[BUF_FP_OPS], c->ops, c->n_ops * sizeof *c->ops) == 0) &&
            (!c->n_matrices ||
             memcmp(S->buf[BUF_FP_MATS], c->matrices,
                    c->n_matrices * sizeof *c->matrices) == 0) &&
@@ -2993,7 +3001,7 @@ static const qd_param sv_params[] = {
     {"method", QD_PARAM_ENUM, 0, "auto", 0, 0, "auto|gates|dense", 0, NULL,
      "gates: gate by gate per sample; dense: one 2^n x 2^n unitary for the "
      "batch (gates may not read inputs); auto: dense when that is faster "
-     "(n <= 8 and batch >= 2^n/2, 2^n at n = 7, 3 * 2^n at n = 8)"},
+     "(n <= 7 and batch >= 4^(n-2))"},
     {NULL, 0, 0, NULL, 0, 0, NULL, 0, NULL, NULL},
 };
 

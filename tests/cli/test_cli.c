@@ -307,8 +307,8 @@ Test(cli, run_writes_outputs_resumes_and_refuses_another_experiment, .timeout = 
     cr_expect_eq(qd_json_get_number(v, "distilled.test_acc", &acc, NULL), 0);
     cr_expect_eq(qd_json_get_number(v, "baselines.random_subset.test_acc", &sub, NULL), 0);
     cr_expect_eq(qd_json_get_number(v, "distiller.iterations", &it, NULL), 0);
-    cr_expect_eq(it, 40);
-    cr_expect(acc > 0.25 && acc <= 1.0, "distilled accuracy %g", acc);
+    cr_expect_eq(it, 100);
+    cr_expect(acc > 0.6 && acc <= 1.0, "distilled accuracy %g (chance 0.25)", acc);
     qd_json_value_free(v);
     char *before = slurp(path);
 

@@ -1402,3 +1402,25 @@ Test(statevector, large_register_blocks)
     qd_circuit_free(&big);
     sim_close(&s);
 }
+
+/* No ops at all: |0...0>, and backward after forward of the empty job. */
+Test(statevector, empty_circuit)
+{
+    sim s = sim_new("plugin: statevector\n");
+    qd_circuit c;
+    qd_circuit_init(&c, 2);
+    obs o = {0};
+    cplx z[4] = {1, 0, 0, -1};
+    uint32_t w = 1;
+    obs_add(&o, 0, 1, &w, z);
+    double e[1], g[1] = {2.0};
+    cplx gm[4];
+    qd_sim_job job = make_job(&c, &o, 1, NULL, NULL);
+    cr_assert_eq(s.vt->forward(s.self, &job, e), QD_OK);
+    cr_expect_eq(e[0], 1.0);
+    cr_assert_eq(s.vt->backward(s.self, &job, g, NULL, NULL, gm), QD_OK);
+    cr_expect(gm[0] == 2.0 && gm[1] == 0 && gm[2] == 0 && gm[3] == 0, "G = 2 |0><0|");
+    obs_free(&o);
+    qd_circuit_free(&c);
+    sim_close(&s);
+}

@@ -97,7 +97,11 @@ QD_EXPORT int qd_unroll_backward(qd_unroll *u, const double *g_T,
 /* Second-order products of loss(x, y; w) along v by central differences:
  *   hv = H_ww v                = (g_w(w + e v) - g_w(w - e v)) / 2e
  *   xv = d/dx (v . grad_w loss) = (g_x(w + e v) - g_x(w - e v)) / 2e
- * with e = eps_rel * (1 + |w|) / |v|. Either output may be NULL. */
+ * with e = eps_rel * (1 + |w|) / |v|. Either output may be NULL. On models
+ * with relu / maxpool2d layers both gradients replay the pieces (ReLU masks,
+ * argmaxes) of a forward at (w, x) (qd_model_set_pieces), so the products
+ * are those of the locally linear model, as double backward computes them,
+ * even when w +- e v crosses a kink. Leaves the model in QD_PIECES_LIVE. */
 QD_EXPORT int qd_fd_second_order(qd_model *m, const double *w, size_t batch,
                                  const double *x, const int32_t *y,
                                  const double *v, double eps_rel, double *hv,

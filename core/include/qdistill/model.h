@@ -61,6 +61,40 @@ QD_EXPORT int qd_model_init_params(qd_model *m, qd_rng *rng, double *params,
  * (derived from opts.seed, "model.dropout"). */
 QD_EXPORT void qd_model_set_training(qd_model *m, int on);
 
+/* Frozen pieces, for second-order finite differences on piecewise-linear
+ * networks. ReLU and max pooling make the loss only piecewise smooth: a
+ * central difference of gradients at w +- e v that straddles a ReLU kink or
+ * a max-pool argmax switch jumps by O(1), so the quotient is off by O(1/e),
+ * and shrinking e does not help (the chance falls like e, the error grows
+ * like 1/e). Automatic differentiation's Hessian-vector product (double
+ * backward) is the Hessian of the smooth function whose pieces are frozen at
+ * the point; these modes let finite differences compute exactly that:
+ *   QD_PIECES_LIVE    normal: every forward picks its pieces from its input.
+ *   QD_PIECES_RECORD  computes exactly like LIVE, and every forward also
+ *                     records, for its batch, the active pieces of each
+ *                     relu (mask) and maxpool2d (argmax; in a fused
+ *                     conv2d -> relu -> maxpool2d block the argmax and the
+ *                     ReLU sign there) it runs. A later forward overwrites.
+ *   QD_PIECES_REPLAY  forwards and backwards use the recorded pieces:
+ *                     relu(x) = mask * x, maxpool(x) = x[argmax] (a smooth
+ *                     function near the recorded point, equal to the live
+ *                     model there). A call must have the recorded batch size
+ *                     and run only recorded relu/maxpool2d layers, else it
+ *                     fails with QD_ERR_INVALID.
+ * Smooth layers (tanh, sigmoid, avgpool2d, linear, conv2d, quantum) behave
+ * alike in all modes; dropout is not frozen (keep training mode off).
+ * Switching to RECORD forgets earlier records; switching to REPLAY fails
+ * when the model has relu/maxpool2d layers and none was recorded since. The
+ * mode stays until changed (create: LIVE). */
+typedef enum qd_pieces_mode {
+    QD_PIECES_LIVE = 0,
+    QD_PIECES_RECORD = 1,
+    QD_PIECES_REPLAY = 2
+} qd_pieces_mode;
+QD_EXPORT int qd_model_set_pieces(qd_model *m, int mode, qd_error *err);
+/* 1 when the model has relu or maxpool2d layers (the modes matter). */
+QD_EXPORT int qd_model_has_pieces(const qd_model *m);
+
 /* logits[b * classes + k]. */
 QD_EXPORT int qd_model_forward(qd_model *m, const double *params, size_t batch,
                                const double *x, double *logits, qd_error *err);

@@ -12,7 +12,11 @@
  *     dL/dx_t  += -lr_t * d/dx (g . grad_w l_t(w_t))
  *     dL/dw_t   =  g - lr_t * H_t g
  * where both second-order products come from the same pair of gradient
- * evaluations at w_t +- e g (see second_order.c).
+ * evaluations at w_t +- e g (see second_order.c). On ReLU / max-pool models
+ * those evaluations replay the pieces of a forward at (w_t, x_t), so H_t is
+ * the Hessian of the locally linear pieces, as double backward gives, and a
+ * kink near w_t cannot blow the chain up; the model is back in LIVE mode
+ * after each step, also on errors.
  */
 #include <math.h>
 #include <stdlib.h>

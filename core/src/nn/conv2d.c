@@ -457,12 +457,57 @@ static int conv_backward(nn_layer *l, const double *p, size_t batch,
  * maximum, or -1 where the ReLU clips it (relu and max commute, and a
  * clipped maximum passes no gradient). Backward rebuilds the convolution's
  * output gradient from those positions in scratch. This removes every full
- * pass over the largest activations of a LeNet-style trunk. */
+ * pass over the largest activations of a LeNet-style trunk.
+ *
+ * Frozen pieces (model.h): those positions are all the block's pieces (a
+ * clipped window outputs 0 and passes no gradient wherever its maximum is).
+ * RECORD keeps a copy in the pool layer; REPLAY puts it back for backward
+ * and outputs conv[position] + bias, or 0 where recorded clipped. */
+
+/* REPLAY forward: gather at the recorded positions. */
+static int conv_relu_pool_replay(nn_layer *conv, nn_layer *pool,
+                                 const double *p, size_t batch,
+                                 const double *x, double *out, qd_error *err)
+{
+    conv_st *s = conv->st;
+    const nn_shape is = conv->in_shape[0], os = conv->out;
+    const size_t in_sz = nn_shape_size(is), p_sz = nn_shape_size(pool->out);
+    const size_t HWo = s->HWo, Co = s->cout, plane = p_sz / Co;
+    const int32_t *arg = nn_pool_replay(pool, batch * p_sz);
+    const double *W = p, *bias = s->bias ? p + Co * s->K : NULL;
+    const int nt = omp_get_max_threads();
+    const size_t ncol = s->direct ? 0 : s->K * HWo, per = ncol + Co * HWo;
+    if (!arg)
+        return nn_layer_rt_error(conv, err, QD_ERR_NOMEM,
+                                 "out of memory, or no pieces recorded for a "
+                                 "batch of %zu", batch);
+    if (nn_reserve(&s->ws, &s->ws_cap, (size_t)nt * per))
+        return nn_layer_rt_error(conv, err, QD_ERR_NOMEM, "out of memory");
+#pragma omp parallel num_threads(nt) if (par_worth(batch, s))
+    {
+        double *cols = s->ws + (size_t)omp_get_thread_num() * per;
+        double *co = cols + ncol;
+#pragma omp for schedule(dynamic, CHUNK)
+        for (size_t b = 0; b < batch; b++) {
+            image_forward(s, is, os, W, NULL, x + b * in_sz, cols, co);
+            for (size_t c = 0; c < Co; c++) {
+                const int32_t *ac = arg + b * p_sz + c * plane;
+                double *oc = out + b * p_sz + c * plane;
+                const double bc = bias ? bias[c] : 0.0;
+                for (size_t j = 0; j < plane; j++)
+                    oc[j] = ac[j] >= 0 ? co[ac[j]] + bc : 0.0;
+            }
+        }
+    }
+    return QD_OK;
+}
 
 int nn_conv_relu_pool_forward(nn_layer *conv, nn_layer *pool,
                               const double *p, size_t batch, const double *x,
                               double *out, qd_error *err)
 {
+    if (*pool->pieces == QD_PIECES_REPLAY)
+        return conv_relu_pool_replay(conv, pool, p, batch, x, out, err);
     conv_st *s = conv->st;
     const nn_shape is = conv->in_shape[0], os = conv->out, ps = pool->out;
     const size_t in_sz = nn_shape_size(is), p_sz = nn_shape_size(ps);
@@ -532,6 +577,9 @@ int nn_conv_relu_pool_forward(nn_layer *conv, nn_layer *pool,
             }
         }
     }
+    if (*pool->pieces == QD_PIECES_RECORD &&
+        nn_pool_record(pool, batch * p_sz))
+        return nn_layer_rt_error(conv, err, QD_ERR_NOMEM, "out of memory");
     return QD_OK;
 }
 

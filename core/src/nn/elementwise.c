@@ -63,9 +63,100 @@ static int same_shape_setup(nn_layer *l, const nn_build *b, qd_error *err)
 #define SIGM_F(v) (1.0 / (1.0 + exp(-(v))))
 #define SIGM_D(y) ((y) * (1.0 - (y)))
 
-ACTIVATION(relu, RELU_F, RELU_D)
 ACTIVATION(tanh, TANH_F, TANH_D)
 ACTIVATION(sigmoid, SIGM_F, SIGM_D)
+
+/* ---- relu: the activation above, plus frozen pieces (model.h) ----
+ * RECORD keeps the mask (1 where x > 0) of the last forward; REPLAY uses it
+ * for out = mask * x and for backward, whose derivative then no longer
+ * follows from the output. */
+
+typedef struct relu_st {
+    double *mask;          /* recorded 0/1 per value */
+    size_t mask_cap;
+} relu_st;
+
+static int relu_setup(nn_layer *l, const nn_build *b, qd_error *err)
+{
+    relu_st *s = calloc(1, sizeof *s);
+    if (!s)
+        return QD_ERR_NOMEM;
+    l->st = s;
+    return same_shape_setup(l, b, err);
+}
+
+static int relu_forward(nn_layer *l, const double *p, size_t batch,
+                        const double *const *in, double *out, qd_error *err)
+{
+    (void)p;
+    relu_st *s = l->st;
+    const size_t n = batch * nn_shape_size(l->out);
+    const double *x = in[0];
+    if (*l->pieces == QD_PIECES_LIVE) {
+#pragma omp parallel for simd schedule(static) if (n > NN_OMP_MIN)
+        for (size_t i = 0; i < n; i++)
+            out[i] = RELU_F(x[i]);
+        return QD_OK;
+    }
+    double *mk = s->mask;
+    if (*l->pieces == QD_PIECES_REPLAY) {   /* the model checked the batch */
+#pragma omp parallel for simd schedule(static) if (n > NN_OMP_MIN)
+        for (size_t i = 0; i < n; i++)
+            out[i] = mk[i] != 0.0 ? x[i] : 0.0;
+        return QD_OK;
+    }
+    if (nn_reserve(&s->mask, &s->mask_cap, n))
+        return nn_layer_rt_error(l, err, QD_ERR_NOMEM, "out of memory");
+    mk = s->mask;
+#pragma omp parallel for simd schedule(static) if (n > NN_OMP_MIN)
+    for (size_t i = 0; i < n; i++) {
+        mk[i] = x[i] > 0.0 ? 1.0 : 0.0;
+        out[i] = RELU_F(x[i]);
+    }
+    return QD_OK;
+}
+
+static int relu_backward(nn_layer *l, const double *p, size_t batch,
+                         const double *const *in, const double *y,
+                         const double *g, double *g_p, double *const *g_in,
+                         const int *acc, qd_error *err)
+{
+    (void)p, (void)in, (void)g_p, (void)err;
+    const relu_st *s = l->st;
+    double *gx = g_in[0];
+    if (!gx)
+        return QD_OK;
+    const size_t n = batch * nn_shape_size(l->out);
+    /* REPLAY: the recorded mask; otherwise y > 0 (the same thing at the
+     * recorded point) */
+    const double *mk = *l->pieces == QD_PIECES_REPLAY ? s->mask : NULL;
+    const int add = acc[0];
+    if (mk) {
+#pragma omp parallel for simd schedule(static) if (n > NN_OMP_MIN)
+        for (size_t i = 0; i < n; i++)
+            gx[i] = (add ? gx[i] : 0.0) + g[i] * mk[i];
+    } else if (add) {
+#pragma omp parallel for simd schedule(static) if (n > NN_OMP_MIN)
+        for (size_t i = 0; i < n; i++)
+            gx[i] += g[i] * (RELU_D(y[i]));
+    } else {
+#pragma omp parallel for simd schedule(static) if (n > NN_OMP_MIN)
+        for (size_t i = 0; i < n; i++)
+            gx[i] = g[i] * (RELU_D(y[i]));
+    }
+    return QD_OK;
+}
+
+static void free_mask_state(nn_layer *l)
+{
+    relu_st *s = l->st;
+    if (s)
+        free(s->mask);
+    free(s);
+}
+
+const nn_layer_vt nn_relu_vt = {relu_setup, NULL, relu_forward, relu_backward,
+                                free_mask_state, 0};
 
 /* ---- flatten: a view of its input (the model aliases the buffers) ---- */
 

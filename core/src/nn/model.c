@@ -43,6 +43,7 @@ struct qd_model {
     size_t n_blocks;
     qd_param_block *blocks;
     int training;
+    int pieces;                /* qd_pieces_mode */
     qd_rng rng;
     volatile int *stop;        /* opts.stop_flag */
     double **out;              /* per layer; aliases point into producers,
@@ -181,6 +182,7 @@ static int setup_layer(qd_model *m, size_t i, const qd_node *item,
     l->schema = qd_layer_schema(l->type);
     l->node = item;
     l->training = &m->training;
+    l->pieces = &m->pieces;
     l->rng = &m->rng;
     int rc;
     if ((rc = check_keys(l, err)))
@@ -440,6 +442,40 @@ void qd_model_set_training(qd_model *m, int on)
         m->training = on != 0;
 }
 
+int qd_model_has_pieces(const qd_model *m)
+{
+    for (size_t i = 0; m && i < m->n_layers; i++)
+        if (nn_is_piecewise(&m->layers[i]))
+            return 1;
+    return 0;
+}
+
+int qd_model_set_pieces(qd_model *m, int mode, qd_error *err)
+{
+    if (!m)
+        return qd_error_set(err, QD_ERR_INVALID,
+                            "model set_pieces: model is NULL");
+    if (mode != QD_PIECES_LIVE && mode != QD_PIECES_RECORD &&
+        mode != QD_PIECES_REPLAY)
+        return qd_error_set(err, QD_ERR_INVALID,
+                            "model set_pieces: unknown mode %d (expected "
+                            "QD_PIECES_LIVE 0, RECORD 1 or REPLAY 2)", mode);
+    if (mode == QD_PIECES_RECORD)
+        for (size_t i = 0; i < m->n_layers; i++)
+            m->layers[i].rec_batch = 0;
+    if (mode == QD_PIECES_REPLAY && qd_model_has_pieces(m)) {
+        int any = 0;
+        for (size_t i = 0; i < m->n_layers; i++)
+            any |= m->layers[i].rec_batch != 0;
+        if (!any)
+            return qd_error_set(err, QD_ERR_INVALID,
+                                "model set_pieces: nothing to replay (run a "
+                                "forward in QD_PIECES_RECORD mode first)");
+    }
+    m->pieces = mode;
+    return QD_OK;
+}
+
 size_t qd_model_layer_size(const qd_model *m, const char *layer)
 {
     if (!m || !layer)
@@ -500,6 +536,22 @@ static const double *input_ptr(const qd_model *m, const double *x, int src)
     return src < 0 ? x : m->out[src];
 }
 
+/* REPLAY: layer l (piecewise) must hold pieces recorded for this batch. */
+static int check_replay(const nn_layer *l, size_t batch, qd_error *err)
+{
+    if (l->rec_batch == batch)
+        return QD_OK;
+    if (l->rec_batch == 0)
+        return qd_error_set(err, QD_ERR_INVALID,
+                            "frozen pieces: layer '%s' (%s) has no recorded "
+                            "pieces to replay (the QD_PIECES_RECORD forward "
+                            "did not run it)", l->name, l->type);
+    return qd_error_set(err, QD_ERR_INVALID,
+                        "frozen pieces: layer '%s' (%s) recorded its pieces "
+                        "for a batch of %zu, but this call has %zu", l->name,
+                        l->type, l->rec_batch, batch);
+}
+
 /* Run the layers the output of `target` depends on. */
 static int run_forward(qd_model *m, const double *params, size_t batch,
                        const double *x, size_t target, qd_error *err)
@@ -527,7 +579,11 @@ static int run_forward(qd_model *m, const double *params, size_t batch,
             continue;
         }
         if (m->fuse_head[i] && target >= i + 2) {
-            /* conv -> relu -> maxpool: only the pooled output is stored */
+            /* conv -> relu -> maxpool: only the pooled output is stored;
+             * the pool layer holds the block's pieces */
+            if (m->pieces == QD_PIECES_REPLAY &&
+                (rc = check_replay(&m->layers[i + 2], batch, err)))
+                return rc;
             if ((rc = ensure_buf(m, m->own, m->own_cap, i + 2, batch, err)))
                 return rc;
             m->out[i] = m->out[i + 1] = NULL;
@@ -537,10 +593,17 @@ static int run_forward(qd_model *m, const double *params, size_t batch,
                                            in[0], m->out[i + 2], err);
             if (rc)
                 return rc;
+            if (m->pieces == QD_PIECES_RECORD)
+                m->layers[i + 2].rec_batch = batch;
             m->fused_run[i] = 1;
             i += 2;
             continue;
         }
+        const int piecewise = m->pieces != QD_PIECES_LIVE &&
+                              nn_is_piecewise(l);
+        if (piecewise && m->pieces == QD_PIECES_REPLAY &&
+            (rc = check_replay(l, batch, err)))
+            return rc;
         if ((rc = ensure_buf(m, m->own, m->own_cap, i, batch, err)))
             return rc;
         m->out[i] = m->own[i];
@@ -548,6 +611,8 @@ static int run_forward(qd_model *m, const double *params, size_t batch,
                             err);
         if (rc)
             return rc;
+        if (piecewise && m->pieces == QD_PIECES_RECORD)
+            l->rec_batch = batch;
     }
     return QD_OK;
 }

@@ -74,6 +74,9 @@ struct nn_layer {
     size_t n_blocks;
     qd_param_block blocks[NN_MAX_BLOCKS];   /* offsets relative to layer */
     const int *training;            /* the model's mode flag */
+    const int *pieces;              /* the model's QD_PIECES_* mode */
+    size_t rec_batch;               /* batch of the recorded pieces (relu,
+                                       maxpool2d), 0: none; set by the model */
     qd_rng *rng;                    /* the model's stream (dropout) */
     void *st;                       /* type-specific state */
 };
@@ -183,6 +186,13 @@ extern const nn_layer_vt nn_quantum_vt;
  * buffer (grown to n entries; NULL when out of memory) and the window. */
 int32_t *nn_pool_argmax(nn_layer *l, size_t n);
 void nn_pool_geometry(const nn_layer *l, size_t *k, size_t *stride);
+/* Frozen pieces (model.h, QD_PIECES_*): nn_pool_record keeps a copy of the
+ * first n argmax entries the forward just wrote (QD_ERR_NOMEM on failure);
+ * nn_pool_replay copies n recorded entries back into the argmax buffer,
+ * which backward reads, and returns it (NULL when out of memory or fewer
+ * were recorded). So backward needs no change for either mode. */
+int nn_pool_record(nn_layer *l, size_t n);
+int32_t *nn_pool_replay(nn_layer *l, size_t n);
 
 /* conv2d -> relu -> maxpool2d in one pass per image (conv2d.c); out / g_pool
  * are the pool layer's output / output gradient, gx the conv input gradient
@@ -195,6 +205,13 @@ int nn_conv_relu_pool_backward(nn_layer *conv, nn_layer *pool,
                                const double *x, const double *g_pool,
                                double *g_p, double *gx, int add,
                                qd_error *err);
+
+/* Layers whose forward picks a linear piece (relu masks, max-pool argmaxes):
+ * the ones QD_PIECES_RECORD / QD_PIECES_REPLAY act on. */
+static inline int nn_is_piecewise(const nn_layer *l)
+{
+    return l->vt == &nn_relu_vt || l->vt == &nn_maxpool2d_vt;
+}
 
 /* The stop flag the model was created with (may be NULL). */
 volatile int *nn_model_stop_flag(const qd_model *m);

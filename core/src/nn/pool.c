@@ -1,7 +1,9 @@
 /*
  * maxpool2d / avgpool2d over k x k windows (no padding, stride default k).
  * Max pooling remembers the position of each window's maximum (the first one
- * in scan order on ties) so backward routes the gradient there.
+ * in scan order on ties) so backward routes the gradient there. With frozen
+ * pieces (model.h) it also keeps a recorded copy of those positions, and a
+ * replayed forward gathers at the recorded positions instead of searching.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -13,6 +15,8 @@ typedef struct pool_st {
     size_t k, stride;
     int32_t *argmax;       /* batch x out_size plane offsets (maxpool) */
     size_t argmax_cap;
+    int32_t *rec;          /* recorded argmax (frozen pieces) */
+    size_t rec_cap;
 } pool_st;
 
 static int pool_setup(nn_layer *l, const nn_build *b, qd_error *err)
@@ -56,9 +60,22 @@ static int maxpool_forward(nn_layer *l, const double *p, size_t batch,
     pool_st *s = l->st;
     const nn_shape is = l->in_shape[0], os = l->out;
     const size_t out_sz = nn_shape_size(os), n = batch * out_sz;
+    const double *x = in[0];
+    if (*l->pieces == QD_PIECES_REPLAY) {   /* the model checked the batch */
+        const int32_t *ap = nn_pool_replay(l, n);
+        if (!ap)
+            return nn_layer_rt_error(l, err, QD_ERR_NOMEM,
+                                     "out of memory, or no pieces recorded "
+                                     "for a batch of %zu", batch);
+        const size_t in_sz = nn_shape_size(is);
+#pragma omp parallel for schedule(static) if (n > NN_OMP_MIN)
+        for (size_t b = 0; b < batch; b++)
+            for (size_t i = 0; i < out_sz; i++)
+                out[b * out_sz + i] = x[b * in_sz + (size_t)ap[b * out_sz + i]];
+        return QD_OK;
+    }
     if (!nn_pool_argmax(l, n))
         return nn_layer_rt_error(l, err, QD_ERR_NOMEM, "out of memory");
-    const double *x = in[0];
     const size_t planes = batch * is.c, k = s->k, st = s->stride;
 #pragma omp parallel for schedule(static) if (n > NN_OMP_MIN / 4)
     for (size_t pl = 0; pl < planes; pl++) {
@@ -84,6 +101,8 @@ static int maxpool_forward(nn_layer *l, const double *p, size_t batch,
                 ap[oy * os.w + ox] = base + (int32_t)best;
             }
     }
+    if (*l->pieces == QD_PIECES_RECORD && nn_pool_record(l, n))
+        return nn_layer_rt_error(l, err, QD_ERR_NOMEM, "out of memory");
     return QD_OK;
 }
 
@@ -183,6 +202,29 @@ int32_t *nn_pool_argmax(nn_layer *l, size_t n)
     return s->argmax;
 }
 
+int nn_pool_record(nn_layer *l, size_t n)
+{
+    pool_st *s = l->st;
+    if (n > s->rec_cap) {
+        free(s->rec);
+        s->rec = malloc(n * sizeof *s->rec);
+        s->rec_cap = s->rec ? n : 0;
+        if (!s->rec)
+            return QD_ERR_NOMEM;
+    }
+    memcpy(s->rec, s->argmax, n * sizeof *s->rec);
+    return QD_OK;
+}
+
+int32_t *nn_pool_replay(nn_layer *l, size_t n)
+{
+    pool_st *s = l->st;
+    int32_t *a = nn_pool_argmax(l, n);
+    if (a && n <= s->rec_cap)
+        memcpy(a, s->rec, n * sizeof *a);
+    return a && n <= s->rec_cap ? a : NULL;
+}
+
 void nn_pool_geometry(const nn_layer *l, size_t *k, size_t *stride)
 {
     const pool_st *s = l->st;
@@ -193,8 +235,10 @@ void nn_pool_geometry(const nn_layer *l, size_t *k, size_t *stride)
 static void pool_destroy(nn_layer *l)
 {
     pool_st *s = l->st;
-    if (s)
+    if (s) {
         free(s->argmax);
+        free(s->rec);
+    }
     free(s);
 }
 
