@@ -347,7 +347,7 @@ Test(cli, train_runs_a_quantum_model)
 {
     make_tmp();
     char *err;
-    int rc = qd(NULL, &err, "run tests/cli/manifests/tiny-quantum.yaml --out '%s/t'", g_tmp);
+    int rc = qd(NULL, &err, "train tests/cli/manifests/tiny-quantum.yaml --out '%s/t'", g_tmp);
     cr_assert_eq(rc, 0, "%s", err);
     free(err);
     char path[400];

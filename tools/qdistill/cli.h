@@ -37,6 +37,7 @@ int cmd_plugins(cli *c, int argc, char **argv);
 int cmd_describe(cli *c, int argc, char **argv);
 int cmd_validate(cli *c, int argc, char **argv);
 int cmd_run(cli *c, int argc, char **argv);
+int cmd_train(cli *c, int argc, char **argv);
 int cmd_describe_model(cli *c, int argc, char **argv);
 int cmd_describe_circuit(cli *c, int argc, char **argv);
 int cmd_docs(cli *c, int argc, char **argv);

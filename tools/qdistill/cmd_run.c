@@ -6,7 +6,7 @@
 #include "cli.h"
 #include "qdistill/run.h"
 
-int cmd_run(cli *c, int argc, char **argv)
+static int run_or_train(cli *c, int argc, char **argv, int train_only)
 {
     char *args[128], *pos[128], *ovr[128];
     int nargs = 0;
@@ -29,7 +29,8 @@ int cmd_run(cli *c, int argc, char **argv)
     size_t npos, novr;
     cli_split_overrides(nargs, args, pos, &npos, ovr, &novr);
     if (npos != 1) {
-        fprintf(stderr, "usage: qdistill run MANIFEST [key=value ...] [--out DIR] [--threads N]\n");
+        fprintf(stderr, "usage: qdistill %s MANIFEST [key=value ...] [--out DIR] [--threads N]\n",
+                train_only ? "train" : "run");
         return EXIT_USAGE;
     }
     qd_manifest *m;
@@ -49,13 +50,13 @@ int cmd_run(cli *c, int argc, char **argv)
         fprintf(stderr, "qdistill run: %s\n", err.msg);
         code = err.code == QD_ERR_INVALID ? EXIT_USAGE : EXIT_RUN_FAILED;
     } else {
-        qd_run_opts o = {.stop = c->stop_flag, .threads = threads};
+        qd_run_opts o = {.stop = c->stop_flag, .threads = threads, .train_only = train_only};
         int r = qd_run_execute(m, c->reg, &rd, &o, &err);
         if (r == QD_OK) {
             /* results on stdout: where they are */
             printf("%s\n", rd.path);
         } else {
-            fprintf(stderr, "qdistill run: %s\n", err.msg);
+            fprintf(stderr, "qdistill %s: %s\n", train_only ? "train" : "run", err.msg);
             code = r == QD_ERR_MANIFEST ? EXIT_USAGE : EXIT_RUN_FAILED;
         }
         qd_rundir_close(&rd);
@@ -64,4 +65,16 @@ int cmd_run(cli *c, int argc, char **argv)
     free(dir);
     qd_manifest_destroy(m);
     return code;
+}
+
+int cmd_run(cli *c, int argc, char **argv)
+{
+    return run_or_train(c, argc, argv, 0);
+}
+
+/* Full-data training of the manifest's model (its `train` section), the
+ * reference row of results tables; a manifest that also distils is fine. */
+int cmd_train(cli *c, int argc, char **argv)
+{
+    return run_or_train(c, argc, argv, 1);
 }

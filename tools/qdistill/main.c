@@ -27,6 +27,7 @@ static const command commands[] = {
     {"describe", cmd_describe, "[KIND/]PLUGIN", "show a plugin's parameters: type, default, range, doc"},
     {"validate", cmd_validate, "MANIFEST [key=value ...]", "check a manifest; print it resolved, or every error"},
     {"run", cmd_run, "MANIFEST [key=value ...] [--out DIR]", "run an experiment into a run directory"},
+    {"train", cmd_train, "MANIFEST [key=value ...] [--out DIR]", "full-data training (the manifest's train section)"},
     {"describe-model", cmd_describe_model, "MANIFEST [key=value ...]", "print the model's layers, shapes and parameter counts"},
     {"describe-circuit", cmd_describe_circuit, "MANIFEST [key=value ...]", "print the circuit every quantum layer builds"},
     {"docs", cmd_docs, "manifest", "print docs/manifest.md, generated from the schemas"},

@@ -30,6 +30,8 @@ extern "C" {
 typedef struct qd_run_opts {
     volatile int *stop;      /* set by SIGINT/SIGTERM: checkpoint and stop */
     int threads;             /* 0 = the manifest's */
+    int train_only;          /* run the `train` phase even when the manifest
+                                also distils (qdistill train) */
 } qd_run_opts;
 
 /* Returns QD_OK, QD_ERR_INTERRUPTED (checkpoint written; re-run resumes), or

@@ -939,6 +939,10 @@ int qd_run_execute(const qd_manifest *m, const qd_registry *reg, qd_rundir *rd,
     int rc;
     const qd_node *dsec = qd_manifest_section(m, "distill");
     const qd_node *tsec = qd_manifest_section(m, "train");
+    int train_only = opts && opts->train_only;
+    if (train_only && !tsec)
+        return qd_error_set(err, QD_ERR_MANIFEST, "%s: the manifest has no 'train' section",
+                            qd_manifest_path(m));
     if (!dsec && !tsec)
         return qd_error_set(err, QD_ERR_MANIFEST,
                             "%s: nothing to run: the manifest has neither 'distill' nor 'train'",
@@ -960,7 +964,7 @@ int qd_run_execute(const qd_manifest *m, const qd_registry *reg, qd_rundir *rd,
     if ((rc = qd_model_init_params(c.x.model, &irng, c.init_params, err)))
         goto out;
 
-    if (!dsec) {
+    if (!dsec || train_only) {
         rc = phase_train(&c, err);
         goto out;
     }
