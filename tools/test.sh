@@ -15,15 +15,18 @@ jobs=${QD_TEST_JOBS:-2}
 status=0
 summary=()
 
+logs=()
 run_suite() {  # run_suite BUILDDIR LABEL [meson test args...]
   local dir=$1 label=$2; shift 2
-  local t0=$SECONDS
-  if meson test -C "$dir" --num-processes "$jobs" --print-errorlogs "$@"; then
+  local t0=$SECONDS log="$dir/meson-logs/console.txt"
+  mkdir -p "$dir/meson-logs"
+  if meson test -C "$dir" --num-processes "$jobs" --print-errorlogs "$@" 2>&1 | tee "$log"; then
     summary+=("$label: ok ($((SECONDS - t0)) s)")
   else
     summary+=("$label: FAILED ($((SECONDS - t0)) s)")
     status=1
   fi
+  logs+=("$log")
 }
 
 run_suite build release
@@ -38,11 +41,11 @@ if [ -z "${QD_TEST_QUICK:-}" ]; then
   QD_KEEP_PLUGINS=1 run_suite build-asan "address,undefined"
 fi
 
-# Totals over every suite run above, as one closing line.
+# Totals over every suite run above, counted in Criterion test cases (each
+# meson test is one Criterion suite reporting "N subtests passed").
 pass=0; fail=0
-for log in build/meson-logs/testlog.txt build-asan/meson-logs/testlog.txt; do
-  [ -f "$log" ] || continue
-  p=$(grep -cE '^ *[0-9]+/[0-9]+ .* OK ' "$log" || true)
+for log in "${logs[@]}"; do
+  p=$(grep -oE '[0-9]+ subtests passed' "$log" | awk '{s += $1} END {print s + 0}')
   f=$(grep -cE '^ *[0-9]+/[0-9]+ .* (FAIL|TIMEOUT|ERROR) ' "$log" || true)
   pass=$((pass + p)); fail=$((fail + f))
 done
