@@ -34,7 +34,7 @@ static const qd_param top_schema[] = {
     {"evaluate", QD_PARAM_MAP, 0, NULL, 0, 0, NULL, 0, NULL,
      "evaluation protocol for distilled sets (keys below)"},
     {"sweep", QD_PARAM_MAP, 0, NULL, 0, 0, NULL, 0, NULL,
-     "ablation grid: key.path: [values] (checked by qdistill sweep)"},
+     "ablation grid {grid: {key.path: [values] | \"a,b\" | \"range(1, 4)\"}}, checked by qdistill sweep (docs/sweeps.md)"},
     END};
 
 /* subset/test_subset/validation take a count or a fraction in (0, 1) (see

@@ -22,6 +22,8 @@ struct qd_registry {
     size_t n, cap;
     void **handles;
     size_t n_handles, cap_handles;
+    char **dirs;            /* directories already scanned (realpath) */
+    size_t n_dirs;
 };
 
 static const char *const kind_names[] = {
@@ -75,7 +77,32 @@ void qd_registry_destroy(qd_registry *reg)
         for (size_t i = reg->n_handles; i-- > 0;)
             dlclose(reg->handles[i]);
     free(reg->handles);
+    for (size_t i = 0; i < reg->n_dirs; ++i)
+        free(reg->dirs[i]);
+    free(reg->dirs);
     free(reg);
+}
+
+/* Remember dir; returns 1 when it (or a path to the same place) was already
+ * scanned, so a directory named twice in the search order loads once. */
+static int seen_dir(qd_registry *reg, const char *dir)
+{
+    char *real = realpath(dir, NULL);
+    if (!real)
+        return 0;
+    for (size_t i = 0; i < reg->n_dirs; ++i)
+        if (strcmp(reg->dirs[i], real) == 0) {
+            free(real);
+            return 1;
+        }
+    char **d = realloc(reg->dirs, (reg->n_dirs + 1) * sizeof *d);
+    if (!d) {
+        free(real);
+        return 0;
+    }
+    reg->dirs = d;
+    reg->dirs[reg->n_dirs++] = real;
+    return 0;
 }
 
 /* Minimum vtable sizes of ABI 1.0 and the callbacks each kind requires. */
@@ -408,6 +435,12 @@ int qd_registry_load_dir(qd_registry *reg, const char *dir, char **problems, qd_
     size_t n = 0, cap = 0;
     if (collect(dir, 1, &files, &n, &cap) != 0)
         return qd_error_set(err, QD_ERR_IO, "%s: cannot read plugin directory", dir);
+    if (seen_dir(reg, dir)) {
+        for (size_t i = 0; i < n; ++i)
+            free(files[i]);
+        free(files);
+        return QD_OK;
+    }
     qsort(files, n, sizeof *files, cmp_str);
     for (size_t i = 0; i < n; ++i) {
         qd_error e;

@@ -1,5 +1,6 @@
 /* The run engine: distillation (checkpointed, best-by-validation), the
  * evaluation protocol, and the run directory's outputs. */
+#define _XOPEN_SOURCE 700   /* realpath */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -178,6 +179,10 @@ typedef struct run_ctx {
     size_t n_models;           /* evaluate.models */
     volatile int *stop;
     char *ckpt_path;
+    /* `qdistill evaluate`: the set comes from the run directory's files and
+     * its progress is checkpointed under the resolved manifest (with the
+     * evaluate overrides), so a checkpoint of other settings is not resumed */
+    const char *eval_key;
 } run_ctx;
 
 static int save_checkpoint(run_ctx *c, run_state *s, qd_error *err)
@@ -218,6 +223,8 @@ static int save_checkpoint(run_ctx *c, run_state *s, qd_error *err)
     if (!rc)
         rc = qd_ckpt_writer_add_blob(w, "run", &meta, err);
     qd_blob_free(&meta);
+    if (!rc && c->eval_key)
+        rc = qd_ckpt_writer_add(w, "evaluation", c->eval_key, strlen(c->eval_key), err);
     if (!rc && c->dist && s->phase == PHASE_DISTILL) {
         /* the plugin's own state, and the two streams the host owns */
         qd_blob d, g;
@@ -256,6 +263,17 @@ static int load_checkpoint(run_ctx *c, run_state *s, qd_error *err)
         return -1;
     const void *data;
     size_t len;
+    if (c->eval_key) {
+        /* progress of an evaluation with other settings: start afresh */
+        if (!qd_ckpt_has(ck, "evaluation") ||
+            qd_ckpt_section(ck, "evaluation", &data, &len, err) != QD_OK ||
+            len != strlen(c->eval_key) || memcmp(data, c->eval_key, len) != 0) {
+            qd_log(QD_LOG_INFO, "%s: written for other evaluation settings; starting afresh",
+                   c->ckpt_path);
+            qd_ckpt_destroy(ck);
+            return 0;
+        }
+    }
     int rc = qd_ckpt_section(ck, "run", &data, &len, err);
     qd_blob_reader r;
     uint32_t u;
@@ -317,9 +335,11 @@ static int load_checkpoint(run_ctx *c, run_state *s, qd_error *err)
 static int val_score(run_ctx *c, const qd_synset *s, size_t models, double *acc, qd_error *err)
 {
     const qd_dataset *val = &c->x.data.val;
+    /* no stop flag: a training cut short here would be scored (as a failure)
+     * and checkpointed; the flag is honoured at the end of the iteration */
     qd_eval_opts o = {.models = models, .init_mode = s->init_mode, .init_params = c->init_params,
                       .seed = c->x.seed, .batch_size = 1000, .recipe_epochs = 30,
-                      .recipe_batch = 256, .stop = c->stop};
+                      .recipe_batch = 256, .stop = NULL};
     double *w = malloc(c->n_params * sizeof *w);
     if (!w)
         return qd_error_set(err, QD_ERR_NOMEM, "out of memory");
@@ -519,6 +539,43 @@ static int phase_distill(run_ctx *c, run_state *s, qd_error *err)
     return rc;
 }
 
+/* synthetic.json: what the .npy arrays do not say — the step structure and
+ * the initialisation the set was distilled for — and the directory the
+ * manifest's relative paths resolve from, so `qdistill evaluate` can rebuild
+ * the set and its experiment from the run directory alone. */
+static int write_synset_meta(run_ctx *c, const qd_synset *s, qd_error *err)
+{
+    qd_json *j;
+    int rc = qd_json_create(&j, err);
+    if (rc)
+        return rc;
+    char *mdir = realpath(qd_manifest_dir(c->m), NULL);
+    qd_json_begin_object(j);
+    qd_json_key(j, "images");
+    qd_json_uint(j, qd_synset_count(s));
+    qd_json_key(j, "steps");
+    qd_json_uint(j, s->steps);
+    qd_json_key(j, "epochs");
+    qd_json_uint(j, s->epochs);
+    qd_json_key(j, "per_step");
+    qd_json_uint(j, s->per_step);
+    qd_json_key(j, "classes");
+    qd_json_uint(j, s->classes);
+    qd_json_key(j, "learned_lrs");
+    qd_json_uint(j, s->n_lrs);
+    qd_json_key(j, "init");
+    qd_json_string(j, s->init_mode == QD_INIT_RANDOM ? "random" : "fixed");
+    qd_json_key(j, "manifest_dir");
+    qd_json_string(j, mdir ? mdir : qd_manifest_dir(c->m));
+    qd_json_end_object(j);
+    free(mdir);
+    char *p = qd_rundir_file(c->rd, "synthetic.json");
+    rc = qd_json_write_file(j, p, err);
+    free(p);
+    qd_json_destroy(j);
+    return rc;
+}
+
 static int write_synset_files(run_ctx *c, const qd_synset *s, qd_error *err)
 {
     size_t n = qd_synset_count(s);
@@ -539,6 +596,8 @@ static int write_synset_files(run_ctx *c, const qd_synset *s, qd_error *err)
     rc = qd_npy_write(p, QD_NPY_F8, lshape, 1, s->n_lrs ? (const void *)s->lrs : &dummy, err);
     free(p);
     if (rc)
+        return rc;
+    if ((rc = write_synset_meta(c, s, err)))
         return rc;
     /* one row per inner step, one column per image of the step (class-major) */
     unsigned up = s->height < 32 ? 4 : 3;
@@ -590,8 +649,7 @@ static int phase_evaluate(run_ctx *c, run_state *s, qd_eval_opts *o, int baselin
                    c->n_models, s->acc_distilled[i]);
         }
         if (!rc && c->stop && *c->stop)
-            rc = qd_error_set(err, QD_ERR_INTERRUPTED,
-                              "interrupted during evaluation; run the same command again to resume");
+            rc = QD_ERR_INTERRUPTED;
     }
     /* random real subset of the same size, lr tuned on validation */
     if (!rc && baselines) {
@@ -602,7 +660,11 @@ static int phase_evaluate(run_ctx *c, run_state *s, qd_eval_opts *o, int baselin
                                   "validation split: set dataset.validation (e.g. 5000), or "
                                   "evaluate.baselines: false");
             } else {
-                rc = qd_eval_tune_lr(c->x.model, syn, &c->x.data.train, &c->x.data.val, o,
+                /* tuning scores a failed training as zero, so it must not be
+                 * cut short by the stop flag (which is honoured right after) */
+                qd_eval_opts to = *o;
+                to.stop = NULL;
+                rc = qd_eval_tune_lr(c->x.model, syn, &c->x.data.train, &c->x.data.val, &to,
                                      &s->tuned_lr, &s->tuned_val, err);
                 if (!rc) {
                     s->tuned = 1;
@@ -617,9 +679,12 @@ static int phase_evaluate(run_ctx *c, run_state *s, qd_eval_opts *o, int baselin
                 break;
             if (!(rc = qd_eval_init(c->x.model, o, i, w, err))) {
                 qd_error e2;
-                if (qd_eval_train(c->x.model, &sub, o, s->tuned_lr, w, &e2) == QD_OK)
+                int tr = qd_eval_train(c->x.model, &sub, o, s->tuned_lr, w, &e2);
+                if (tr == QD_OK)
                     rc = qd_model_accuracy(c->x.model, w, &c->x.data.test, o->batch_size,
                                            &s->acc_subset[i], err);
+                else if (tr == QD_ERR_INTERRUPTED)
+                    rc = tr;                  /* not a result: redone on resume */
                 else
                     s->acc_subset[i] = 0.0;   /* diverged: scored as a failure */
             }
@@ -631,13 +696,23 @@ static int phase_evaluate(run_ctx *c, run_state *s, qd_eval_opts *o, int baselin
                 rc = save_checkpoint(c, s, err);
             }
             if (!rc && c->stop && *c->stop)
-                rc = qd_error_set(err, QD_ERR_INTERRUPTED,
-                                  "interrupted during evaluation; run the same command again to "
-                                  "resume");
+                rc = QD_ERR_INTERRUPTED;
         }
     }
     s->evaluate_seconds += now_s() - t0;
     free(w);
+    if (rc == QD_ERR_INTERRUPTED) {
+        /* every finished model is in the checkpoint; one cut short is redone */
+        int r2 = save_checkpoint(c, s, err);
+        if (r2)
+            return r2;
+        rc = qd_error_set(err, QD_ERR_INTERRUPTED,
+                          "interrupted during evaluation (%llu of %zu models on the set, %llu of "
+                          "%zu baseline models done); checkpoint written, run the same command "
+                          "again to resume",
+                          (unsigned long long)s->eval_done_distilled, c->n_models,
+                          (unsigned long long)s->eval_done_subset, baselines ? c->n_models : 0);
+    }
     return rc;
 }
 
@@ -687,9 +762,13 @@ static void json_common(qd_json *j, run_ctx *c)
     qd_json_end_object(j);
 }
 
+/* The report of an evaluation (result.json of a run, evaluation*.json of
+ * `qdistill evaluate`): what is known of the distillation only when it ran
+ * in this run engine's state (iterations, best set, its cost). */
 static int write_distill_result(run_ctx *c, run_state *s, const qd_eval_opts *o, int baselines,
-                                qd_error *err)
+                                const char *name, qd_error *err)
 {
+    int distilled_here = c->eval_key == NULL;
     qd_json *j;
     int rc = qd_json_create(&j, err);
     if (rc)
@@ -701,9 +780,13 @@ static int write_distill_result(run_ctx *c, run_state *s, const qd_eval_opts *o,
     qd_json_key(j, "distiller");
     qd_json_begin_object(j);
     qd_json_key(j, "plugin");
-    qd_json_string(j, qd_instance_desc(c->dist)->name);
-    qd_json_key(j, "iterations");
-    qd_json_uint(j, s->iteration);
+    qd_json_string(j, c->dist ? qd_instance_desc(c->dist)->name
+                              : qd_run_key_str(qd_manifest_section(c->m, "distill"), "plugin",
+                                               NULL));
+    if (distilled_here) {
+        qd_json_key(j, "iterations");
+        qd_json_uint(j, s->iteration);
+    }
     qd_json_key(j, "images");
     qd_json_uint(j, qd_synset_count(syn));
     qd_json_key(j, "steps");
@@ -714,16 +797,21 @@ static int write_distill_result(run_ctx *c, run_state *s, const qd_eval_opts *o,
     qd_json_string(j, syn->init_mode == QD_INIT_FIXED ? "fixed" : "random");
     qd_json_key(j, "evaluate_init");
     qd_json_string(j, o->init_mode == QD_INIT_FIXED ? "fixed" : "random");
-    qd_json_key(j, "best_iteration");
-    if (s->has_best)
-        qd_json_uint(j, s->best_iteration);
-    else
-        qd_json_null(j);
-    qd_json_key(j, "best_val_acc");
-    if (s->has_best)
-        qd_json_number(j, s->best_val);
-    else
-        qd_json_null(j);
+    if (distilled_here) {
+        qd_json_key(j, "best_iteration");
+        if (s->has_best)
+            qd_json_uint(j, s->best_iteration);
+        else
+            qd_json_null(j);
+        qd_json_key(j, "best_val_acc");
+        if (s->has_best)
+            qd_json_number(j, s->best_val);
+        else
+            qd_json_null(j);
+    } else {
+        qd_json_key(j, "source");
+        qd_json_string(j, "synthetic_images.npy");
+    }
     qd_json_key(j, "learned_lrs");
     qd_json_begin_array(j);
     for (size_t t = 0; t < syn->n_lrs; ++t)
@@ -782,24 +870,30 @@ static int write_distill_result(run_ctx *c, run_state *s, const qd_eval_opts *o,
     qd_json_number(j, per_sample_step);
     qd_json_key(j, "executions_full_data_epoch");
     qd_json_number(j, per_sample_step * (double)(c->x.data.train.n + c->x.data.val.n));
-    qd_json_key(j, "executions_distillation");
-    qd_json_uint(j, s->distill_executions);
+    if (distilled_here) {
+        qd_json_key(j, "executions_distillation");
+        qd_json_uint(j, s->distill_executions);
+    }
     qd_json_end_object(j);
 
     qd_json_key(j, "time");
     qd_json_begin_object(j);
-    qd_json_key(j, "distill_s");
-    qd_json_number(j, s->distill_seconds);
+    if (distilled_here) {
+        qd_json_key(j, "distill_s");
+        qd_json_number(j, s->distill_seconds);
+    }
     qd_json_key(j, "evaluate_s");
     qd_json_number(j, s->evaluate_seconds);
-    qd_json_key(j, "seconds_per_iteration");
-    qd_json_number(j, s->iteration ? s->distill_seconds / (double)s->iteration : NAN);
+    if (distilled_here) {
+        qd_json_key(j, "seconds_per_iteration");
+        qd_json_number(j, s->iteration ? s->distill_seconds / (double)s->iteration : NAN);
+    }
     qd_json_end_object(j);
     qd_json_key(j, "peak_rss_mb");
     qd_json_number(j, qd_run_peak_rss_mb());
     qd_json_end_object(j);
-    char *p = qd_rundir_file(c->rd, "result.json");
-    rc = qd_json_write_file(j, p, err);
+    char *p = qd_rundir_file(c->rd, name);
+    rc = p ? qd_json_write_file(j, p, err) : qd_error_set(err, QD_ERR_NOMEM, "out of memory");
     free(p);
     qd_json_destroy(j);
     return rc;
@@ -924,14 +1018,80 @@ static int read_eval_opts(run_ctx *c, qd_eval_opts *o, int *baselines, double **
     return QD_OK;
 }
 
+/* What `run` and `evaluate` share: the experiment (data, model), the fixed
+ * initialisation, the evaluation options and the state's score arrays. */
+static int ctx_open(run_ctx *c, const qd_manifest *m, const qd_registry *reg, qd_rundir *rd,
+                    const qd_run_opts *opts, qd_error *err)
+{
+    c->m = m;
+    c->rd = rd;
+    c->stop = opts ? opts->stop : NULL;
+    qd_experiment_opts xo = {.load_data = 1, .threads = opts ? opts->threads : 0, .stop = c->stop};
+    int rc = qd_experiment_open(&c->x, m, reg, &xo, err);
+    if (rc)
+        return rc;
+    c->n_params = qd_model_n_params(c->x.model);
+    c->init_params = malloc(c->n_params * sizeof *c->init_params);
+    if (!c->init_params)
+        return qd_error_set(err, QD_ERR_NOMEM, "out of memory");
+    /* the fixed initialisation: one stream, shared by every phase */
+    qd_rng irng;
+    qd_rng_derive(&irng, c->x.seed, "model.init");
+    if ((rc = qd_model_init_params(c->x.model, &irng, c->init_params, err)))
+        return rc;
+    return QD_OK;
+}
+
+static int state_alloc_scores(run_ctx *c, run_state *s, qd_error *err)
+{
+    s->acc_distilled = calloc(c->n_models, sizeof(double));
+    s->acc_subset = calloc(c->n_models, sizeof(double));
+    s->acc_untrained = calloc(c->n_models, sizeof(double));
+    if (!s->acc_distilled || !s->acc_subset || !s->acc_untrained)
+        return qd_error_set(err, QD_ERR_NOMEM, "out of memory");
+    return QD_OK;
+}
+
+static void ctx_close(run_ctx *c)
+{
+    qd_instance_destroy(c->dist);
+    free(c->init_params);
+    free(c->ckpt_path);
+    qd_experiment_close(&c->x);
+}
+
+/* The one evaluation path of `run` and `evaluate`: the protocol on
+ * s->final (resumable, a checkpoint after every model), then the report
+ * (when name is set) and a summary in the log. */
+static int evaluate_and_report(run_ctx *c, run_state *s, qd_eval_opts *eo, int baselines,
+                               const char *name, qd_error *err)
+{
+    int rc;
+    if (s->phase == PHASE_EVALUATE) {
+        if ((rc = phase_evaluate(c, s, eo, baselines, err)))
+            return rc;
+        s->phase = PHASE_DONE;
+        if ((rc = save_checkpoint(c, s, err)))
+            return rc;
+    }
+    if (name && (rc = write_distill_result(c, s, eo, baselines, name, err)))
+        return rc;
+    double md, sd, ms, ss;
+    qd_mean_std(s->acc_distilled, c->n_models, &md, &sd);
+    qd_mean_std(s->acc_subset, c->n_models, &ms, &ss);
+    qd_log(QD_LOG_INFO, "distilled: test accuracy %.2f%% ± %.2f (%zu models)", 100 * md, 100 * sd,
+           c->n_models);
+    if (baselines && s->tuned)
+        qd_log(QD_LOG_INFO, "random real subset of the same size: %.2f%% ± %.2f", 100 * ms,
+               100 * ss);
+    return QD_OK;
+}
+
 int qd_run_execute(const qd_manifest *m, const qd_registry *reg, qd_rundir *rd,
                    const qd_run_opts *opts, qd_error *err)
 {
     run_ctx c;
     memset(&c, 0, sizeof c);
-    c.m = m;
-    c.rd = rd;
-    c.stop = opts ? opts->stop : NULL;
     run_state s;
     memset(&s, 0, sizeof s);
     s.best_val = -1.0;
@@ -948,22 +1108,13 @@ int qd_run_execute(const qd_manifest *m, const qd_registry *reg, qd_rundir *rd,
                             "%s: nothing to run: the manifest has neither 'distill' nor 'train'",
                             qd_manifest_path(m));
 
-    qd_experiment_opts xo = {.load_data = 1, .threads = opts ? opts->threads : 0, .stop = c.stop};
-    if ((rc = qd_experiment_open(&c.x, m, reg, &xo, err)))
-        return rc;
-    c.n_params = qd_model_n_params(c.x.model);
-    c.init_params = malloc(c.n_params * sizeof *c.init_params);
+    if ((rc = ctx_open(&c, m, reg, rd, opts, err)))
+        goto out;
     c.ckpt_path = qd_rundir_file(rd, "checkpoint.qdc");
-    if (!c.init_params || !c.ckpt_path) {
+    if (!c.ckpt_path) {
         rc = qd_error_set(err, QD_ERR_NOMEM, "out of memory");
         goto out;
     }
-    /* the fixed initialisation: one stream, shared by every phase */
-    qd_rng irng;
-    qd_rng_derive(&irng, c.x.seed, "model.init");
-    if ((rc = qd_model_init_params(c.x.model, &irng, c.init_params, err)))
-        goto out;
-
     if (!dsec || train_only) {
         rc = phase_train(&c, err);
         goto out;
@@ -971,15 +1122,9 @@ int qd_run_execute(const qd_manifest *m, const qd_registry *reg, qd_rundir *rd,
 
     qd_eval_opts eo;
     int baselines = 1;
-    if ((rc = read_eval_opts(&c, &eo, &baselines, &grid, err)))
+    if ((rc = read_eval_opts(&c, &eo, &baselines, &grid, err)) ||
+        (rc = state_alloc_scores(&c, &s, err)))
         goto out;
-    s.acc_distilled = calloc(c.n_models, sizeof(double));
-    s.acc_subset = calloc(c.n_models, sizeof(double));
-    s.acc_untrained = calloc(c.n_models, sizeof(double));
-    if (!s.acc_distilled || !s.acc_subset || !s.acc_untrained) {
-        rc = qd_error_set(err, QD_ERR_NOMEM, "out of memory");
-        goto out;
-    }
 
     qd_instance_opts io = {.seed = c.x.seed, .stream = "distill", .threads = c.x.threads,
                            .base_dir = qd_manifest_dir(m), .stop_flag = c.stop};
@@ -1008,38 +1153,244 @@ int qd_run_execute(const qd_manifest *m, const qd_registry *reg, qd_rundir *rd,
     }
     if (s.phase == PHASE_DISTILL && (rc = phase_distill(&c, &s, err)))
         goto out;
-    if (s.phase == PHASE_EVALUATE) {
-        if ((rc = write_synset_files(&c, &s.final, err)))
-            goto out;
-        if ((rc = phase_evaluate(&c, &s, &eo, baselines, err)))
-            goto out;
-        s.phase = PHASE_DONE;
-        if ((rc = save_checkpoint(&c, &s, err)))
-            goto out;
-    }
-    if (s.phase == PHASE_DONE) {
-        /* a finished run re-run: its result stands as written */
-        char *rpath = qd_rundir_file(rd, "result.json");
-        struct stat st;
-        int have = rpath && stat(rpath, &st) == 0;
-        free(rpath);
-        if (!(loaded > 0 && have) && (rc = write_distill_result(&c, &s, &eo, baselines, err)))
-            goto out;
-        double md, sd, ms, ss;
-        qd_mean_std(s.acc_distilled, c.n_models, &md, &sd);
-        qd_mean_std(s.acc_subset, c.n_models, &ms, &ss);
-        qd_log(QD_LOG_INFO, "distilled: test accuracy %.2f%% ± %.2f (%zu models)", 100 * md,
-               100 * sd, c.n_models);
-        if (baselines && s.tuned)
-            qd_log(QD_LOG_INFO, "random real subset of the same size: %.2f%% ± %.2f", 100 * ms,
-                   100 * ss);
-    }
+    /* a finished run re-run: its result stands as written */
+    int fresh = s.phase == PHASE_EVALUATE;
+    if (fresh && (rc = write_synset_files(&c, &s.final, err)))
+        goto out;
+    char *rpath = qd_rundir_file(rd, "result.json");
+    struct stat st;
+    int have = !fresh && loaded > 0 && rpath && stat(rpath, &st) == 0;
+    free(rpath);
+    rc = evaluate_and_report(&c, &s, &eo, baselines, have ? NULL : "result.json", err);
 out:
-    qd_instance_destroy(c.dist);
     state_free(&s);
     free(grid);
-    free(c.init_params);
-    free(c.ckpt_path);
-    qd_experiment_close(&c.x);
+    ctx_close(&c);
+    return rc;
+}
+
+/* ---- `qdistill evaluate`: the set of a run directory, evaluated again ---- */
+
+static int read_npy(const qd_rundir *rd, const char *name, qd_npy_dtype dtype, size_t ndim,
+                    qd_npy *a, qd_error *err)
+{
+    char *p = qd_rundir_file(rd, name);
+    if (!p)
+        return qd_error_set(err, QD_ERR_NOMEM, "out of memory");
+    struct stat st;
+    int rc;
+    if (stat(p, &st) != 0) {
+        rc = qd_error_set(err, QD_ERR_IO, "%s: no such file: %s holds no distilled set (has "
+                          "its distillation finished?)", p, rd->path);
+    } else if ((rc = qd_npy_read(p, a, err)) == QD_OK &&
+               (a->dtype != dtype || a->ndim != ndim)) {
+        rc = qd_error_set(err, QD_ERR_FORMAT, "%s: expected a %zu-d '%s' array, found a %zu-d "
+                          "'%s' one", p, ndim, qd_npy_dtype_descr(dtype), a->ndim,
+                          qd_npy_dtype_descr(a->dtype));
+        qd_npy_free(a);
+    } else if (rc) {
+        qd_error_prefix(err, "%s", p);
+    }
+    free(p);
+    return rc;
+}
+
+/* A size_t field of synthetic.json (absent file: def). */
+static int meta_uint(const qd_json_value *v, const char *key, size_t def, size_t *out,
+                     const char *path, qd_error *err)
+{
+    if (!v) {
+        *out = def;
+        return QD_OK;
+    }
+    double d;
+    if (qd_json_get_number(v, key, &d, NULL) != QD_OK || !(d >= 0) || d > 1e12 ||
+        d != floor(d))
+        return qd_error_set(err, QD_ERR_FORMAT, "%s: '%s' is missing or not a count", path, key);
+    *out = (size_t)d;
+    return QD_OK;
+}
+
+/* The synthetic set from synthetic_{images,labels,lrs}.npy, its step
+ * structure and init mode from synthetic.json (or, in run directories
+ * written before it existed, the resolved manifest's distill section),
+ * checked against the experiment's input shape and classes. */
+static int load_synset_files(run_ctx *c, qd_synset *out, qd_error *err)
+{
+    qd_npy im = {0}, lb = {0}, lr = {0};
+    qd_json_value *meta = NULL;
+    char *mpath = qd_rundir_file(c->rd, "synthetic.json");
+    char *ipath = qd_rundir_file(c->rd, "synthetic_images.npy");
+    char *lpath = qd_rundir_file(c->rd, "synthetic_labels.npy");
+    char *rpath = qd_rundir_file(c->rd, "synthetic_lrs.npy");
+    int rc = QD_OK;
+    struct stat st;
+    if (!mpath || !ipath || !lpath || !rpath) {
+        rc = qd_error_set(err, QD_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    if ((rc = read_npy(c->rd, "synthetic_images.npy", QD_NPY_F8, 4, &im, err)) ||
+        (rc = read_npy(c->rd, "synthetic_labels.npy", QD_NPY_I4, 1, &lb, err)) ||
+        (rc = read_npy(c->rd, "synthetic_lrs.npy", QD_NPY_F8, 1, &lr, err)))
+        goto out;
+    if (stat(mpath, &st) == 0 && (rc = qd_json_read_file(mpath, &meta, err))) {
+        qd_error_prefix(err, "%s", mpath);
+        goto out;
+    }
+    size_t n = im.shape[0];
+    if (n == 0 || im.shape[1] != c->x.channels || im.shape[2] != c->x.height ||
+        im.shape[3] != c->x.width) {
+        rc = qd_error_set(err, QD_ERR_FORMAT, "%s: shape (%zu, %zu, %zu, %zu) does not fit the "
+                          "model's input (N, %zu, %zu, %zu)", ipath, im.shape[0], im.shape[1],
+                          im.shape[2], im.shape[3], c->x.channels, c->x.height, c->x.width);
+        goto out;
+    }
+    if (lb.shape[0] != n) {
+        rc = qd_error_set(err, QD_ERR_FORMAT, "%s: %zu labels for %zu images (%s)", lpath,
+                          lb.shape[0], n, ipath);
+        goto out;
+    }
+    const qd_node *dsec = qd_manifest_section(c->m, "distill");
+    long long dsteps = 1;
+    if ((rc = qd_run_key_int(dsec, "steps", 1, &dsteps, err)))
+        goto out;
+    size_t steps = 0, epochs = 0, per_step = 0, classes = 0;
+    if ((rc = meta_uint(meta, "steps", dsteps > 0 ? (size_t)dsteps : 1, &steps, mpath, err)) ||
+        (rc = meta_uint(meta, "per_step", steps ? n / steps : 0, &per_step, mpath, err)) ||
+        (rc = meta_uint(meta, "epochs", steps ? lr.count / steps : 0, &epochs, mpath, err)) ||
+        (rc = meta_uint(meta, "classes", c->x.classes, &classes, mpath, err)))
+        goto out;
+    if (steps == 0 || steps * per_step != n ||
+        (lr.count && (epochs == 0 || lr.count != steps * epochs))) {
+        rc = qd_error_set(err, QD_ERR_FORMAT, "%s: %zu images and %zu learning rates do not "
+                          "make %zu steps of %zu images over %zu epochs (%s)", ipath, n, lr.count,
+                          steps, per_step, epochs, meta ? mpath : "distill.steps");
+        goto out;
+    }
+    if (classes != c->x.classes) {
+        rc = qd_error_set(err, QD_ERR_FORMAT, "%s: a set of %zu classes, the data set has %zu",
+                          mpath, classes, c->x.classes);
+        goto out;
+    }
+    const int32_t *labels = lb.data;
+    for (size_t i = 0; i < n; ++i)
+        if (labels[i] < 0 || (size_t)labels[i] >= classes) {
+            rc = qd_error_set(err, QD_ERR_FORMAT, "%s: label %zu is %d, outside 0..%zu", lpath,
+                              i, (int)labels[i], classes - 1);
+            goto out;
+        }
+    const double *x = im.data, *l = lr.data;
+    for (size_t i = 0; i < im.count; ++i)
+        if (!isfinite(x[i])) {
+            rc = qd_error_set(err, QD_ERR_NUMERIC, "%s: element %zu is %g", ipath, i, x[i]);
+            goto out;
+        }
+    for (size_t i = 0; i < lr.count; ++i)
+        if (!isfinite(l[i])) {
+            rc = qd_error_set(err, QD_ERR_NUMERIC, "%s: element %zu is %g", rpath, i, l[i]);
+            goto out;
+        }
+    /* the init mode the set was distilled for */
+    const char *init = NULL;
+    if (meta && qd_json_get_string(meta, "init", &init, NULL) != QD_OK) {
+        rc = qd_error_set(err, QD_ERR_FORMAT, "%s: 'init' is missing", mpath);
+        goto out;
+    }
+    if (!init)
+        init = qd_run_key_str(dsec, "model_init", "fixed");
+    if (strcmp(init, "fixed") != 0 && strcmp(init, "random") != 0) {
+        rc = qd_error_set(err, QD_ERR_FORMAT, "%s: init '%s' is neither fixed nor random",
+                          meta ? mpath : "distill.model_init", init);
+        goto out;
+    }
+    if ((rc = qd_synset_alloc(out, steps, epochs, per_step, c->x.channels, c->x.height,
+                              c->x.width, classes, lr.count, err)))
+        goto out;
+    out->init_mode = strcmp(init, "random") == 0 ? QD_INIT_RANDOM : QD_INIT_FIXED;
+    memcpy(out->images, x, im.count * sizeof *x);
+    memcpy(out->labels, labels, n * sizeof *labels);
+    if (lr.count)
+        memcpy(out->lrs, l, lr.count * sizeof *l);
+out:
+    qd_npy_free(&im);
+    qd_npy_free(&lb);
+    qd_npy_free(&lr);
+    qd_json_value_free(meta);
+    free(mpath);
+    free(ipath);
+    free(lpath);
+    free(rpath);
+    return rc;
+}
+
+int qd_run_evaluate(const qd_manifest *m, const qd_registry *reg, qd_rundir *rd,
+                    const char *name, const qd_run_opts *opts, qd_error *err)
+{
+    run_ctx c;
+    memset(&c, 0, sizeof c);
+    run_state s;
+    memset(&s, 0, sizeof s);
+    s.best_val = -1.0;
+    double *grid = NULL;
+    char *key = NULL;
+    qd_synset set;
+    memset(&set, 0, sizeof set);
+    int have_set = 0, rc;
+    size_t nl = name ? strlen(name) : 0;
+    if (nl < 6 || strcmp(name + nl - 5, ".json") != 0 || strchr(name, '/'))
+        return qd_error_set(err, QD_ERR_INVALID, "evaluation output '%s': expected a file name "
+                            "ending in .json", name ? name : "(null)");
+    if (!qd_manifest_section(m, "distill"))
+        return qd_error_set(err, QD_ERR_MANIFEST, "%s: not a distillation run (the manifest has "
+                            "no 'distill' section)", qd_manifest_path(m));
+    if ((rc = ctx_open(&c, m, reg, rd, opts, err)))
+        goto out;
+    /* progress goes to <name>.qdc, next to the output, removed when done */
+    char ck[512];
+    snprintf(ck, sizeof ck, "%.*s.qdc", (int)(nl - 5), name);
+    c.ckpt_path = qd_rundir_file(rd, ck);
+    key = qd_manifest_to_yaml(m);
+    c.eval_key = key;
+    if (!c.ckpt_path || !key) {
+        rc = qd_error_set(err, QD_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    qd_eval_opts eo;
+    int baselines = 1;
+    if ((rc = read_eval_opts(&c, &eo, &baselines, &grid, err)) ||
+        (rc = state_alloc_scores(&c, &s, err)) || (rc = load_synset_files(&c, &set, err)))
+        goto out;
+    have_set = 1;
+    int loaded = load_checkpoint(&c, &s, err);
+    if (loaded < 0) {
+        rc = err->code ? err->code : QD_ERR_FORMAT;
+        qd_error_prefix(err, "cannot resume the evaluation from %s", c.ckpt_path);
+        goto out;
+    }
+    if (loaded == 0) {
+        s.phase = PHASE_EVALUATE;
+    } else {
+        qd_log(QD_LOG_INFO, "resuming the evaluation from %s", c.ckpt_path);
+        if (s.has_final)
+            qd_synset_free(&s.final);
+        if (s.has_best)
+            qd_synset_free(&s.best);
+        s.has_final = s.has_best = 0;
+    }
+    /* the set under evaluation is the one in the files */
+    s.final = set;
+    s.has_final = 1;
+    have_set = 0;
+    if ((rc = evaluate_and_report(&c, &s, &eo, baselines, name, err)))
+        goto out;
+    if (remove(c.ckpt_path) != 0)
+        qd_log(QD_LOG_WARN, "cannot remove %s", c.ckpt_path);
+out:
+    if (have_set)
+        qd_synset_free(&set);
+    state_free(&s);
+    free(grid);
+    free(key);
+    ctx_close(&c);
     return rc;
 }

@@ -33,6 +33,29 @@ char *qd_rundir_file(const qd_rundir *rd, const char *name)
     return p;
 }
 
+/* overrides.txt: what was given on the command line, one per line. */
+static int write_overrides(const qd_rundir *rd, const char *const *overrides, size_t n,
+                           qd_error *err)
+{
+    size_t len = 1;
+    for (size_t i = 0; i < n; ++i)
+        len += strlen(overrides[i]) + 1;
+    char *txt = malloc(len);
+    if (!txt)
+        return qd_error_set(err, QD_ERR_NOMEM, "out of memory");
+    txt[0] = '\0';
+    for (size_t i = 0; i < n; ++i) {
+        strcat(txt, overrides[i]);
+        strcat(txt, "\n");
+    }
+    char *opath = qd_rundir_file(rd, "overrides.txt");
+    int rc = opath ? qd_write_atomic(opath, txt, strlen(txt), err)
+                   : qd_error_set(err, QD_ERR_NOMEM, "out of memory");
+    free(opath);
+    free(txt);
+    return rc;
+}
+
 int qd_rundir_open(qd_rundir *rd, const char *path, const char *manifest_yaml,
                    const char *const *overrides, size_t n_overrides, qd_error *err)
 {
@@ -80,7 +103,11 @@ int qd_rundir_open(qd_rundir *rd, const char *path, const char *manifest_yaml,
                                 "%s holds results but no manifest.yaml; refusing to overwrite it",
                                 path);
         }
-        rc = qd_write_atomic(mpath, manifest_yaml, strlen(manifest_yaml), err);
+        /* overrides.txt first: manifest.yaml marks the directory as this
+         * experiment's, so once it exists everything else must too */
+        rc = write_overrides(rd, overrides, n_overrides, err);
+        if (!rc)
+            rc = qd_write_atomic(mpath, manifest_yaml, strlen(manifest_yaml), err);
         if (rc) {
             free(mpath);
             qd_rundir_close(rd);
@@ -89,31 +116,6 @@ int qd_rundir_open(qd_rundir *rd, const char *path, const char *manifest_yaml,
     }
     free(mpath);
 
-    /* overrides.txt records what was given on the command line (the first
-     * time; a resume with the same resolved manifest keeps the original). */
-    if (!rd->resumed) {
-        size_t len = 1;
-        for (size_t i = 0; i < n_overrides; ++i)
-            len += strlen(overrides[i]) + 1;
-        char *txt = malloc(len);
-        if (!txt) {
-            qd_rundir_close(rd);
-            return qd_error_set(err, QD_ERR_NOMEM, "out of memory");
-        }
-        txt[0] = '\0';
-        for (size_t i = 0; i < n_overrides; ++i) {
-            strcat(txt, overrides[i]);
-            strcat(txt, "\n");
-        }
-        char *opath = qd_rundir_file(rd, "overrides.txt");
-        rc = qd_write_atomic(opath, txt, strlen(txt), err);
-        free(opath);
-        free(txt);
-        if (rc) {
-            qd_rundir_close(rd);
-            return rc;
-        }
-    }
     size_t removed = 0;
     qd_io_remove_stale_temps(path, &removed, NULL);
 
