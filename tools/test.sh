@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # tools/test.sh — the whole test suite: set up (idempotent), then the Criterion
 # suites in the release build, then the same suites built with
-# -Db_sanitize=address,undefined (aborting on the first report).
+# -Db_sanitize=address,undefined (aborting on the first report), then the CLI
+# end-to-end tests under valgrind memcheck.
 #
 #   tools/test.sh              everything
 #   QD_TEST_QUICK=1 tools/test.sh   release build only
@@ -39,6 +40,8 @@ if [ -z "${QD_TEST_QUICK:-}" ]; then
   ninja -C build-asan >/dev/null || { ninja -C build-asan; exit 1; }
   # Plugins stay mapped at exit so leak reports can name their frames.
   QD_KEEP_PLUGINS=1 run_suite build-asan "address,undefined"
+  # The CLI end-to-end tests with every qdistill process under valgrind memcheck.
+  run_suite build "valgrind (cli)" --setup valgrind cli
 fi
 
 # Totals over every suite run above, counted in Criterion test cases (each

@@ -67,8 +67,10 @@ static int qd(char **out, char **err, const char *fmt, ...)
     va_end(ap);
     snprintf(o, sizeof o, "%s/stdout", g_tmp);
     snprintf(e, sizeof e, "%s/stderr", g_tmp);
-    snprintf(cmd, sizeof cmd, "cd '%s' && '%s/qdistill' %s </dev/null >'%s' 2>'%s'", srcdir(),
-             builddir(), args, o, e);
+    /* QD_CLI_WRAPPER (the `valgrind` test setup) runs the CLI under a tool */
+    const char *wrap = getenv("QD_CLI_WRAPPER");
+    snprintf(cmd, sizeof cmd, "cd '%s' && %s '%s/qdistill' %s </dev/null >'%s' 2>'%s'", srcdir(),
+             wrap ? wrap : "", builddir(), args, o, e);
     int st = system(cmd);
     int code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
     char *so = slurp(o), *se = slurp(e);
