@@ -89,6 +89,18 @@ static void describe_items(const qd_node *seq, char *buf, size_t size)
     free(s);
 }
 
+/* Whether a parsed value holds a mapping with a `file` key anywhere. */
+static int has_file_key(const qd_node *n)
+{
+    if (!n || (n->type != QD_NODE_MAP && n->type != QD_NODE_SEQ))
+        return 0;
+    for (size_t i = 0; i < n->len; i++)
+        if ((n->type == QD_NODE_MAP && strcmp(n->keys[i]->str, "file") == 0) ||
+            has_file_key(n->items[i]))
+            return 1;
+    return 0;
+}
+
 int qd_config_set(qd_config *cfg, const char *path, const char *value, const char *origin,
                   qd_error *err)
 {
@@ -114,6 +126,14 @@ int qd_config_set(qd_config *cfg, const char *path, const char *value, const cha
             return qd_error_set(err, QD_ERR_INVALID,
                                 "%s: bad key path '%s': empty component (write a.b.c)", where,
                                 qp);
+        /* `file:` is an include, resolved only when a file is read: a `file`
+         * key set here would stay a plain key, and the tree would no longer
+         * emit to YAML that loads back (found by fuzzing). */
+        if (len == 4 && strncmp(s, "file", 4) == 0)
+            return qd_error_set(err, QD_ERR_INVALID,
+                                "%s: cannot set '%s': 'file' includes are resolved when the "
+                                "manifest is read (edit the manifest, or set the included "
+                                "keys instead)", where, qp);
         nseg++;
         if (!dot)
             break;
@@ -140,6 +160,13 @@ int qd_config_set(qd_config *cfg, const char *path, const char *value, const cha
         char qv[QD_QUOTE_MAX];
         return qd_error_set(err, rc, "%s: bad value '%s' for '%s': %s", where,
                             qd__quote(value, qv), qp, perr.msg);
+    }
+    if (has_file_key(val)) {
+        char qv[QD_QUOTE_MAX];
+        return qd_error_set(err, QD_ERR_INVALID,
+                            "%s: bad value '%s' for '%s': 'file' includes are resolved when "
+                            "the manifest is read, not in an override", where,
+                            qd__quote(value, qv), qp);
     }
     qd__relocate(val, file, oline, ocol);
 

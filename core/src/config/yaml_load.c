@@ -455,10 +455,13 @@ static int apply_include(doc *d, qd_node *m, long fi, int level, qd_node **out)
     char *real = realpath(path, NULL);
     if (!real) {
         int e = errno;
+        /* quoted: the path holds the file's text, which may hold newlines
+         * (messages are one line; found by fuzzing) */
+        char qpath[QD_QUOTE_MAX];
         int rc = doc_error(d, fv->line, fv->col, QD_ERR_IO, "cannot include '%s': %s%s%s%s",
                            qd__quote(fv->str, q), strerror(e),
                            strcmp(path, fv->str) ? " (looked for '" : "",
-                           strcmp(path, fv->str) ? path : "",
+                           strcmp(path, fv->str) ? qd__quote(path, qpath) : "",
                            strcmp(path, fv->str) ? "')" : "");
         free(path);
         return rc;

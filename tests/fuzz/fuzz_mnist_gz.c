@@ -1,0 +1,25 @@
+/* libFuzzer harness `mnist_gz`: see fz_run in fuzz_targets.h. The bytes are
+ * gzip-compressed into *.gz, so the IDX parser behind zlib sees them. */
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "fuzz_targets.h"
+
+int LLVMFuzzerInitialize(int *argc, char ***argv);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+    (void)argc;
+    (void)argv;
+    if (fz_init() != 0)
+        abort();
+    return 0;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (fz_run("mnist_gz", data, size) == FZ_BUG)
+        __builtin_trap();
+    return 0;
+}
