@@ -19,7 +19,7 @@ summary=()
 logs=()
 run_suite() {  # run_suite BUILDDIR LABEL [meson test args...]
   local dir=$1 label=$2; shift 2
-  local t0=$SECONDS log="$dir/meson-logs/console.txt"
+  local t0=$SECONDS log="$dir/meson-logs/console-${label//[^a-z]/_}.txt"
   mkdir -p "$dir/meson-logs"
   if meson test -C "$dir" --num-processes "$jobs" --print-errorlogs "$@" 2>&1 | tee "$log"; then
     summary+=("$label: ok ($((SECONDS - t0)) s)")
