@@ -87,6 +87,19 @@ static inline int qd_ansatz_add(const qd_ansatz_common *a, qd_circuit *c,
     return rc ? a->host->error(a->host, rc, "%s", err.msg) : QD_OK;
 }
 
+/* Record what build() appended: n wires, `count` weights starting at w0
+ * (the circuit's weight vector grows to cover them). */
+static inline int qd_ansatz_finish(qd_ansatz_common *a, qd_circuit *c, uint32_t n,
+                                   uint32_t w0, size_t count)
+{
+    a->n_wires = n;
+    a->n_weights = count;
+    if (c->n_weights < w0 + count)
+        c->n_weights = w0 + (uint32_t)count;
+    a->built = 1;
+    return QD_OK;
+}
+
 static inline int qd_ansatz_barrier(const qd_ansatz_common *a, qd_circuit *c)
 {
     qd_error err = {0};

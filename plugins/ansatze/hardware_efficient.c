@@ -55,12 +55,7 @@ static int hea_build(void *self, qd_circuit *c)
         if (rc)
             return rc;
     }
-    s->a.n_wires = n;
-    s->a.n_weights = L * n * 2;
-    if (c->n_weights < w0 + s->a.n_weights)
-        c->n_weights = w0 + (uint32_t)s->a.n_weights;
-    s->a.built = 1;
-    return QD_OK;
+    return qd_ansatz_finish(&s->a, c, n, w0, L * n * 2);
 }
 
 static int hea_init_weights(void *self, qd_rng *rng, size_t n, double *w)
