@@ -8,7 +8,6 @@
 #define QDISTILL_DATA_H
 
 #include "common.h"
-#include "rng.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -43,12 +42,6 @@ QD_EXPORT void qd_dataset_free(qd_dataset *d);
 /* Copy the samples idx[0..n) of src into a new set dst. */
 QD_EXPORT int qd_dataset_select(const qd_dataset *src, const size_t *idx,
                                 size_t n, qd_dataset *dst, qd_error *err);
-
-/* Split src into `rest` and a class-stratified `held` part of n_held samples,
- * drawn with rng. Either output may then be freed independently. */
-QD_EXPORT int qd_dataset_split(const qd_dataset *src, size_t n_held,
-                               qd_rng *rng, qd_dataset *rest,
-                               qd_dataset *held, qd_error *err);
 
 #ifdef __cplusplus
 }
