@@ -17,73 +17,9 @@
 #include "qdistill/json.h"
 #include "qdistill/npy.h"
 
-static const char *builddir(void)
-{
-    const char *b = getenv("QD_TEST_BUILDDIR");
-    cr_assert(b, "QD_TEST_BUILDDIR not set");
-    return b;
-}
+#include "cli_util.h"
 
-static const char *srcdir(void)
-{
-    const char *s = getenv("QD_TEST_SRCDIR");
-    cr_assert(s, "QD_TEST_SRCDIR not set");
-    return s;
-}
-
-static char g_tmp[256];
 static char g_run[400];
-
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return strdup("");
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = malloc((size_t)n + 1);
-    cr_assert(s);
-    size_t got = fread(s, 1, (size_t)n, f);
-    s[got] = '\0';
-    fclose(f);
-    return s;
-}
-
-/* `qdistill ARGS` from the source tree, stdout/stderr captured; the exit
- * status, or 128+signal. */
-static int qd(char **out, char **err, const char *fmt, ...)
-{
-    char args[4096], cmd[8192], o[300], e[300];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(args, sizeof args, fmt, ap);
-    va_end(ap);
-    snprintf(o, sizeof o, "%s/stdout", g_tmp);
-    snprintf(e, sizeof e, "%s/stderr", g_tmp);
-    snprintf(cmd, sizeof cmd, "cd '%s' && '%s/qdistill' %s </dev/null >'%s' 2>'%s'", srcdir(),
-             builddir(), args, o, e);
-    int st = system(cmd);
-    int code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
-    char *so = slurp(o), *se = slurp(e);
-    if (out)
-        *out = so;
-    else
-        free(so);
-    if (err)
-        *err = se;
-    else
-        free(se);
-    return code;
-}
-
-static int exists(const char *dir, const char *name)
-{
-    char p[700];
-    struct stat st;
-    snprintf(p, sizeof p, "%s/%s", dir, name);
-    return stat(p, &st) == 0;
-}
 
 static qd_json_value *read_json(const char *dir, const char *name)
 {

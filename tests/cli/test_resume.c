@@ -20,60 +20,7 @@
 #include "qdistill/json.h"
 #include "qdistill/rng.h"
 
-static const char *builddir(void)
-{
-    const char *b = getenv("QD_TEST_BUILDDIR");
-    cr_assert(b, "QD_TEST_BUILDDIR not set");
-    return b;
-}
-
-static const char *srcdir(void)
-{
-    const char *s = getenv("QD_TEST_SRCDIR");
-    cr_assert(s, "QD_TEST_SRCDIR not set");
-    return s;
-}
-
-static char g_tmp[256];
-
-static void make_tmp(void)
-{
-    snprintf(g_tmp, sizeof g_tmp, "/tmp/qd_resume_XXXXXX");
-    cr_assert(mkdtemp(g_tmp));
-}
-
-static void rm_tmp(void)
-{
-    char cmd[400];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_tmp);
-    cr_expect_eq(system(cmd), 0);
-}
-
-static char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = malloc((size_t)n + 1);
-    cr_assert(s);
-    size_t got = fread(s, 1, (size_t)n, f);
-    s[got] = '\0';
-    fclose(f);
-    if (len)
-        *len = got;
-    return s;
-}
-
-static int exists(const char *dir, const char *name)
-{
-    char p[600];
-    struct stat st;
-    snprintf(p, sizeof p, "%s/%s", dir, name);
-    return stat(p, &st) == 0;
-}
+#include "cli_util.h"
 
 /* ---- the CLI as a child process, its stderr read through a pipe ---- */
 
@@ -288,7 +235,7 @@ static void json_equal(const qd_json_value *a, const qd_json_value *b, const cha
 /* metrics.csv without its `seconds` column. */
 static char *csv_without_seconds(const char *path)
 {
-    char *t = slurp(path, NULL);
+    char *t = slurp(path);
     cr_assert(t, "cannot read %s", path);
     char *out = calloc(strlen(t) + 1, 1);
     cr_assert(out);
@@ -334,7 +281,7 @@ static void same_run(const char *a, const char *b)
     size_t la, lb;
     snprintf(pa, sizeof pa, "%s/synthetic_images.npy", a);
     snprintf(pb, sizeof pb, "%s/synthetic_images.npy", b);
-    char *ia = slurp(pa, &la), *ib = slurp(pb, &lb);
+    char *ia = slurp_n(pa, &la), *ib = slurp_n(pb, &lb);
     cr_assert(ia && ib);
     cr_expect(la == lb && memcmp(ia, ib, la) == 0, "synthetic_images.npy differ");
     free(ia);
