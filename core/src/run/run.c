@@ -95,6 +95,25 @@ const char *qd_run_key_str(const qd_node *sec, const char *key, const char *def)
     return s ? s : def;
 }
 
+/* Defaults of the core sections come from their schemas (the single source
+ * the manifest validation and docs/manifest.md use too); a section the
+ * manifest leaves out entirely is read through these. */
+static const char *core_def(const qd_param *schema, const char *key)
+{
+    const qd_param *p = qd_schema_find(schema, key);
+    return p && p->def ? p->def : "";
+}
+
+static long long def_int(const qd_param *schema, const char *key)
+{
+    return strtoll(core_def(schema, key), NULL, 10);
+}
+
+static int def_bool(const qd_param *schema, const char *key)
+{
+    return strcmp(core_def(schema, key), "true") == 0;
+}
+
 /* ---- synthetic set (de)serialisation for checkpoints ---- */
 
 int qd_run_put_synset(qd_blob *b, const qd_synset *s)
@@ -183,6 +202,8 @@ typedef struct run_ctx {
      * its progress is checkpointed under the resolved manifest (with the
      * evaluate overrides), so a checkpoint of other settings is not resumed */
     const char *eval_key;
+    const qd_eval_opts *eval;  /* the evaluate section's recipe (validation
+                                  scoring trains the way evaluation does) */
 } run_ctx;
 
 static int save_checkpoint(run_ctx *c, run_state *s, qd_error *err)
@@ -337,9 +358,10 @@ static int val_score(run_ctx *c, const qd_synset *s, size_t models, double *acc,
     const qd_dataset *val = &c->x.data.val;
     /* no stop flag: a training cut short here would be scored (as a failure)
      * and checkpointed; the flag is honoured at the end of the iteration */
-    qd_eval_opts o = {.models = models, .init_mode = s->init_mode, .init_params = c->init_params,
-                      .seed = c->x.seed, .batch_size = 1000, .recipe_epochs = 30,
-                      .recipe_batch = 256, .stop = NULL};
+    qd_eval_opts o = *c->eval;
+    o.models = models;
+    o.init_mode = s->init_mode;
+    o.stop = NULL;
     double *w = malloc(c->n_params * sizeof *w);
     if (!w)
         return qd_error_set(err, QD_ERR_NOMEM, "out of memory");
@@ -352,7 +374,7 @@ static int val_score(run_ctx *c, const qd_synset *s, size_t models, double *acc,
         if (!rc) {
             qd_error e2;
             if (qd_eval_train(c->x.model, s, &o, 0.01, w, &e2) == QD_OK)
-                rc = qd_model_accuracy(c->x.model, w, val, 1000, &a, err);
+                rc = qd_model_accuracy(c->x.model, w, val, o.batch_size, &a, err);
         }
         sum += a;
     }
@@ -370,10 +392,14 @@ static int phase_distill(run_ctx *c, run_state *s, qd_error *err)
     long long ckpt_every, val_every, val_models;
     int keep_best;
     int rc;
-    if ((rc = qd_run_key_int(sec, "checkpoint_every", 100, &ckpt_every, err)) ||
-        (rc = qd_run_key_int(sec, "validate_every", 0, &val_every, err)) ||
-        (rc = qd_run_key_int(sec, "validate_models", 1, &val_models, err)) ||
-        (rc = qd_run_key_bool(sec, "keep_best", 1, &keep_best, err)))
+    const qd_param *ds = qd_distill_core_schema();
+    if ((rc = qd_run_key_int(sec, "checkpoint_every", def_int(ds, "checkpoint_every"),
+                             &ckpt_every, err)) ||
+        (rc = qd_run_key_int(sec, "validate_every", def_int(ds, "validate_every"), &val_every,
+                             err)) ||
+        (rc = qd_run_key_int(sec, "validate_models", def_int(ds, "validate_models"),
+                             &val_models, err)) ||
+        (rc = qd_run_key_bool(sec, "keep_best", def_bool(ds, "keep_best"), &keep_best, err)))
         return rc;
     int have_val = c->x.data.val.n > 0;
     if (val_every > 0 && !have_val)
@@ -980,27 +1006,35 @@ static int read_eval_opts(run_ctx *c, qd_eval_opts *o, int *baselines, double **
     const qd_node *sec = qd_manifest_section(c->m, "evaluate");
     long long models, batch, tune, repochs, rbatch;
     int rc;
-    if ((rc = qd_run_key_int(sec, "models", 10, &models, err)) ||
-        (rc = qd_run_key_int(sec, "batch_size", 1000, &batch, err)) ||
-        (rc = qd_run_key_int(sec, "tune_models", 2, &tune, err)) ||
-        (rc = qd_run_key_int(sec, "recipe_epochs", 300, &repochs, err)) ||
-        (rc = qd_run_key_int(sec, "recipe_batch", 256, &rbatch, err)) ||
-        (rc = qd_run_key_bool(sec, "baselines", 1, baselines, err)))
+    const qd_param *es = qd_evaluate_schema();
+    if ((rc = qd_run_key_int(sec, "models", def_int(es, "models"), &models, err)) ||
+        (rc = qd_run_key_int(sec, "batch_size", def_int(es, "batch_size"), &batch, err)) ||
+        (rc = qd_run_key_int(sec, "tune_models", def_int(es, "tune_models"), &tune, err)) ||
+        (rc = qd_run_key_int(sec, "recipe_epochs", def_int(es, "recipe_epochs"), &repochs,
+                             err)) ||
+        (rc = qd_run_key_int(sec, "recipe_batch", def_int(es, "recipe_batch"), &rbatch, err)) ||
+        (rc = qd_run_key_bool(sec, "baselines", def_bool(es, "baselines"), baselines, err)))
         return rc;
-    static const double default_grid[] = {0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3};
+    /* lr_grid: the manifest's list, else the schema's default list */
+    qd_config *gdef = NULL;
     const qd_node *g = qd_node_get(sec, "lr_grid");
-    size_t ng = g ? qd_node_len(g) : sizeof default_grid / sizeof *default_grid;
-    *grid = malloc((ng ? ng : 1) * sizeof **grid);
-    if (!*grid)
-        return qd_error_set(err, QD_ERR_NOMEM, "out of memory");
-    for (size_t i = 0; i < ng; ++i) {
-        if (g) {
-            if ((rc = qd_node_as_double(qd_node_at(g, i), &(*grid)[i], err)))
-                return rc;
-        } else {
-            (*grid)[i] = default_grid[i];
-        }
+    if (!g) {
+        const char *t = core_def(es, "lr_grid");
+        if ((rc = qd_config_load_string(t, strlen(t), "<default lr_grid>", NULL, &gdef, err)))
+            return rc;
+        g = qd_config_root(gdef);
     }
+    size_t ng = qd_node_len(g);
+    *grid = malloc((ng ? ng : 1) * sizeof **grid);
+    if (!*grid) {
+        qd_config_destroy(gdef);
+        return qd_error_set(err, QD_ERR_NOMEM, "out of memory");
+    }
+    for (size_t i = 0; i < ng && !rc; ++i)
+        rc = qd_node_as_double(qd_node_at(g, i), &(*grid)[i], err);
+    qd_config_destroy(gdef);
+    if (rc)
+        return rc;
     memset(o, 0, sizeof *o);
     o->models = (size_t)models;
     o->init_params = c->init_params;
@@ -1012,7 +1046,7 @@ static int read_eval_opts(run_ctx *c, qd_eval_opts *o, int *baselines, double **
     o->recipe_epochs = (size_t)repochs;
     o->recipe_batch = (size_t)rbatch;
     o->stop = c->stop;
-    const char *init = qd_run_key_str(sec, "init", "fixed");
+    const char *init = qd_run_key_str(sec, "init", core_def(es, "init"));
     o->init_mode = strcmp(init, "random") == 0 ? QD_INIT_RANDOM : QD_INIT_FIXED;
     c->n_models = (size_t)models;
     return QD_OK;
@@ -1125,6 +1159,7 @@ int qd_run_execute(const qd_manifest *m, const qd_registry *reg, qd_rundir *rd,
     if ((rc = read_eval_opts(&c, &eo, &baselines, &grid, err)) ||
         (rc = state_alloc_scores(&c, &s, err)))
         goto out;
+    c.eval = &eo;
 
     qd_instance_opts io = {.seed = c.x.seed, .stream = "distill", .threads = c.x.threads,
                            .base_dir = qd_manifest_dir(m), .stop_flag = c.stop};
