@@ -7,6 +7,8 @@
 #include <string.h>
 
 #include "qdistill/log.h"
+#include "qdistill/manifest.h"
+#include "qdistill/run.h"
 #include "qdistill/registry.h"
 #include "qdistill/schema.h"
 
@@ -192,15 +194,19 @@ static int h_should_stop(const qd_host *h)
     return s ? *s : 0;
 }
 
-/* Keys the core handles for a kind, besides `plugin`. */
-static const char *const *core_keys(int kind)
+/* Keys the core handles for a kind besides `plugin`: the names of the core
+ * schema of that kind's section (dataset, distill), so they are declared in
+ * one place. keys has room for max entries plus the NULL terminator. */
+static void core_keys(int kind, const char **keys, size_t max)
 {
-    static const char *const plain[] = {"plugin", NULL};
-    static const char *const dataset[] = {"plugin", "subset", "test_subset", "validation", NULL};
-    /* the run engine's keys (qd_distill_core_schema) */
-    static const char *const distiller[] = {"plugin", "checkpoint_every", "validate_every",
-                                            "validate_models", "keep_best", NULL};
-    return kind == QD_KIND_DATASET ? dataset : kind == QD_KIND_DISTILLER ? distiller : plain;
+    size_t n = 0;
+    keys[n++] = "plugin";
+    const qd_param *core = kind == QD_KIND_DATASET     ? qd_dataset_core_schema()
+                           : kind == QD_KIND_DISTILLER ? qd_distill_core_schema()
+                                                       : NULL;
+    for (; core && core->name && n < max; ++core)
+        keys[n++] = core->name;
+    keys[n] = NULL;
 }
 
 int qd_instance_create(const qd_registry *reg, int kind, const qd_node *section,
@@ -230,7 +236,9 @@ int qd_instance_create(const qd_registry *reg, int kind, const qd_node *section,
     snprintf(what, sizeof what, "%s '%s'", kn, d->name);
     if (d->params) {
         qd_diags diags = {0};
-        if (qd_schema_validate(d->params, section, core_keys(kind), what, &diags) > 0) {
+        const char *keys[33];
+        core_keys(kind, keys, 32);
+        if (qd_schema_validate(d->params, section, keys, what, &diags) > 0) {
             char *all = qd_diags_join(&diags);
             qd_error_set(err, QD_ERR_MANIFEST, "%s", all ? all : "invalid configuration");
             free(all);
