@@ -47,7 +47,7 @@ static int run_or_train(cli *c, int argc, char **argv, int train_only)
         fprintf(stderr, "qdistill run: out of memory\n");
         code = EXIT_RUN_FAILED;
     } else if (qd_rundir_open(&rd, dir, yaml, (const char *const *)ovr, novr, &err) != QD_OK) {
-        fprintf(stderr, "qdistill run: %s\n", err.msg);
+        fprintf(stderr, "qdistill %s: %s\n", train_only ? "train" : "run", err.msg);
         code = err.code == QD_ERR_INVALID ? EXIT_USAGE : EXIT_RUN_FAILED;
     } else {
         qd_run_opts o = {.stop = c->stop_flag, .threads = threads, .train_only = train_only};

@@ -43,6 +43,11 @@ QD_EXPORT int qd_registry_load_default(qd_registry *reg,
                                        const char *const *extra_dirs,
                                        size_t n_extra, char **problems,
                                        qd_error *err);
+/* The files load_dir / load_default could not load, as text for the end of
+ * an "unknown plugin" message: "; not loaded: FILE: reason; ..." (the first
+ * three, then "; and N more"), or "" when every file loaded. Valid until the
+ * next load or destroy. */
+QD_EXPORT const char *qd_registry_problem_note(const qd_registry *reg);
 /* Register descriptors compiled into the host itself (used by tests). */
 QD_EXPORT int qd_registry_add(qd_registry *reg, const qd_plugin_desc *desc,
                               const char *origin, qd_error *err);

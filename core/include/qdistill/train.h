@@ -69,7 +69,8 @@ typedef enum qd_optimizer_kind {
 /* The `train` section. Keys the node lacks take the defaults of
  * qd_train_schema() (manifest.h): optimizer sgd, lr 0.01, momentum 0.9,
  * weight_decay 0, epochs 10, batch_size 64, lr_decay_every 0 (off),
- * lr_decay_factor 0.5, clip_grad 0 (off), eval_batch_size 1000. */
+ * lr_decay_factor 0.5, clip_grad 0 (off), eval_batch_size 1000,
+ * save_trajectory false. */
 typedef struct qd_train_config {
     int optimizer;               /* qd_optimizer_kind */
     double lr;
@@ -80,6 +81,10 @@ typedef struct qd_train_config {
     double lr_decay_factor;
     double clip_grad;            /* global gradient norm bound, 0 = off */
     size_t eval_batch_size;
+    int save_trajectory;         /* record the parameters at the start and
+                                    after every epoch (an expert trajectory
+                                    for trajectory matching) into
+                                    qd_train_result.trajectory */
 } qd_train_config;
 
 QD_EXPORT void qd_train_config_default(qd_train_config *c);
@@ -112,6 +117,10 @@ typedef struct qd_train_result {
                                     (running, as the batches went by) */
     double *test_acc;            /* per epoch (malloc'd, epochs entries;
                                     NULL without a test set) */
+    double *trajectory;          /* cfg->save_trajectory: (epochs_done + 1)
+                                    x n_params, row e = the parameters after
+                                    e epochs (row 0 the initial ones);
+                                    malloc'd, else NULL */
 } qd_train_result;
 
 QD_EXPORT void qd_train_result_free(qd_train_result *r);

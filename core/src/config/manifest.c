@@ -350,9 +350,9 @@ static size_t check_plugin_section(const qd_registry *reg, int kind, const qd_no
         const char **names = plugin_names(reg, kind, &n);
         const char *s = names ? qd_suggest(pn->str, names, n) : NULL;
         char *av = available(reg, kind);
-        qd_diags_add(d, pn, "unknown %s plugin '%s'%s (%s%s%savailable: %s)", kn,
+        qd_diags_add(d, pn, "unknown %s plugin '%s'%s (%s%s%savailable: %s)%s", kn,
                      qd__quote(pn->str, q), ctx, s ? "did you mean '" : "", s ? s : "",
-                     s ? "'? " : "", av ? av : "?");
+                     s ? "'? " : "", av ? av : "?", reg ? qd_registry_problem_note(reg) : "");
         free(av);
         free(names);
         return 1;

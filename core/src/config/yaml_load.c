@@ -733,6 +733,9 @@ static int parse_text(load_ctx *ctx, const char *text, size_t len, const qd_pars
     if (!yaml_parser_initialize(&p))
         return nomem(&d);
     yaml_parser_set_input_string(&p, d.text, len);
+    /* UTF-8 only: libyaml would otherwise decode a UTF-16 BOM file, whose
+     * byte offsets the file:line:col locations here cannot follow */
+    yaml_parser_set_encoding(&p, YAML_UTF8_ENCODING);
     int rc = 0;
     for (;;) {
         yaml_event_t ev;

@@ -112,6 +112,22 @@ static int all_finite(const double *v, size_t n)
     return ok;
 }
 
+/* Where a parameter gradient g is not finite: "'weight' of layer 'c1'
+ * (entry 3) is nan", naming the first such parameter block. */
+static void bad_block(const qd_model *m, const double *g, char *buf, size_t cap)
+{
+    for (size_t k = 0; k < qd_model_n_blocks(m); k++) {
+        const qd_param_block *b = qd_model_block(m, k);
+        for (size_t i = 0; i < b->count; i++)
+            if (!isfinite(g[b->offset + i])) {
+                snprintf(buf, cap, "'%s' of layer '%s' (entry %zu) is %g", b->what, b->layer,
+                         i, g[b->offset + i]);
+                return;
+            }
+    }
+    snprintf(buf, cap, "some parameter is not finite");
+}
+
 QD_EXPORT int qd_unroll_forward(qd_unroll *u, const double *w0, size_t steps,
                                 size_t per_step, const double *xs,
                                 const int32_t *ys, const double *lrs,
@@ -145,10 +161,13 @@ QD_EXPORT int qd_unroll_forward(qd_unroll *u, const double *w0, size_t steps,
         if (rc)
             return qd_error_prefix(err, "unroll forward, inner step %zu of %zu",
                                    t + 1, T);
-        if (!all_finite(G, n))
+        if (!all_finite(G, n)) {
+            char where[300];
+            bad_block(u->m, G, where, sizeof where);
             return qd_error_set(err, QD_ERR_NUMERIC,
                                 "unroll forward, inner step %zu of %zu: the "
-                                "gradient is not finite", t + 1, T);
+                                "gradient of %s", t + 1, T, where);
+        }
         const double lr = lrs[t];
         for (size_t i = 0; i < n; i++)
             wn[i] = wt[i] - lr * G[i];
@@ -176,9 +195,12 @@ QD_EXPORT int qd_unroll_backward(qd_unroll *u, const double *g_T,
                             "differentiate");
     const size_t n = u->n, T = u->T, per = u->per_step;
     const size_t stride = per * u->in_size;
-    if (!all_finite(g_T, n))
+    if (!all_finite(g_T, n)) {
+        char where[300];
+        bad_block(u->m, g_T, where, sizeof where);
         return qd_error_set(err, QD_ERR_NUMERIC,
-                            "unroll backward: dL/dw_T is not finite");
+                            "unroll backward: dL/dw_T of %s", where);
+    }
     memcpy(u->g, g_T, n * sizeof *u->g);
     for (size_t t = T; t-- > 0;) {
         const size_t s = t % u->steps;
@@ -202,6 +224,20 @@ QD_EXPORT int qd_unroll_backward(qd_unroll *u, const double *g_T,
         if (rc)
             return qd_error_prefix(err, "unroll backward, inner step %zu of %zu",
                                    t + 1, T);
+        /* a NaN here would only surface as a non-finite meta-gradient:
+         * name the layer it comes from while it is still known */
+        if (need_h && !all_finite(u->hv, n)) {
+            char where[300];
+            bad_block(u->m, u->hv, where, sizeof where);
+            return qd_error_set(err, QD_ERR_NUMERIC,
+                                "unroll backward, inner step %zu of %zu: the "
+                                "Hessian-vector product of %s", t + 1, T, where);
+        }
+        if (xv && !all_finite(xv, stride))
+            return qd_error_set(err, QD_ERR_NUMERIC,
+                                "unroll backward, inner step %zu of %zu: the "
+                                "second-order product for the images of step "
+                                "%zu is not finite", t + 1, T, s + 1);
         if (xv) {
             double *gx = g_xs + s * stride;
             for (size_t i = 0; i < stride; i++)

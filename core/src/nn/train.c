@@ -33,6 +33,8 @@ void qd_train_config_default(qd_train_config *c)
     c->lr_decay_factor = schema_default("lr_decay_factor", 0.5);
     c->clip_grad = schema_default("clip_grad", 0.0);
     c->eval_batch_size = (size_t)schema_default("eval_batch_size", 1000);
+    const qd_param *st = qd_schema_find(qd_train_schema(), "save_trajectory");
+    c->save_trajectory = st && st->def && strcmp(st->def, "true") == 0;
 }
 
 /* key in [lo, hi] (hi_open: < hi); absent keys keep *out. */
@@ -108,6 +110,9 @@ int qd_train_config_read(const qd_node *sec, qd_train_config *c,
         (rc = read_count(sec, "eval_batch_size", 1, &c->eval_batch_size,
                          err)))
         return rc;
+    const qd_node *st = qd_node_get(sec, "save_trajectory");
+    if (st && (rc = qd_node_as_bool(st, &c->save_trajectory, err)))
+        return rc;
     return QD_OK;
 }
 
@@ -116,6 +121,7 @@ void qd_train_result_free(qd_train_result *r)
     if (!r)
         return;
     free(r->test_acc);
+    free(r->trajectory);
     memset(r, 0, sizeof *r);
 }
 
@@ -154,6 +160,35 @@ static size_t count_correct(const double *logits, const int32_t *y,
     return ok;
 }
 
+/* Non-finite logits would make argmax pick class 0 and the accuracy a
+ * made-up number: refuse them, naming the parameter block that is not
+ * finite when there is one. */
+static int check_logits(const qd_model *m, const double *params,
+                        const double *logits, size_t cnt, size_t at,
+                        qd_error *err)
+{
+    const size_t C = qd_model_n_classes(m);
+    size_t bad = cnt * C;
+    for (size_t i = 0; i < cnt * C && bad == cnt * C; i++)
+        if (!isfinite(logits[i]))
+            bad = i;
+    if (bad == cnt * C)
+        return QD_OK;
+    for (size_t k = 0; k < qd_model_n_blocks(m); k++) {
+        const qd_param_block *b = qd_model_block(m, k);
+        for (size_t i = 0; i < b->count; i++)
+            if (!isfinite(params[b->offset + i]))
+                return qd_error_set(err, QD_ERR_NUMERIC,
+                                    "accuracy: the logits of sample %zu are "
+                                    "not finite: '%s' of layer '%s' (entry "
+                                    "%zu) is %g", at + bad / C, b->what,
+                                    b->layer, i, params[b->offset + i]);
+    }
+    return qd_error_set(err, QD_ERR_NUMERIC,
+                        "accuracy: the logits of sample %zu are not finite "
+                        "(with finite parameters)", at + bad / C);
+}
+
 int qd_model_accuracy(qd_model *m, const double *params,
                       const qd_dataset *set, size_t batch_size, double *acc,
                       qd_error *err)
@@ -177,6 +212,8 @@ int qd_model_accuracy(qd_model *m, const double *params,
         size_t cnt = set->n - at < batch_size ? set->n - at : batch_size;
         rc = qd_model_forward(m, params, cnt, set->images + at * S, logits,
                               err);
+        if (!rc)
+            rc = check_logits(m, params, logits, cnt, at, err);
         if (!rc)
             ok += count_correct(logits, set->labels + at, cnt, C);
     }
@@ -250,9 +287,24 @@ int qd_train_run(qd_model *m, double *params, const qd_dataset *train,
     B.grad = malloc((P ? P : 1) * sizeof *B.grad);
     B.logits = malloc(bs * C * sizeof *B.logits);
     double *test_acc = test ? malloc(cfg->epochs * sizeof *test_acc) : NULL;
+    /* (epochs + 1) x P; only a result can hand it back */
+    double *traj = NULL;
+    int traj_oom = 0;
+    if (cfg->save_trajectory && res) {
+        traj_oom = cfg->epochs >= SIZE_MAX / sizeof *traj / (P ? P : 1) ||
+                   !(traj = malloc((cfg->epochs + 1) * (P ? P : 1) *
+                                   sizeof *traj));
+        if (traj)
+            memcpy(traj, params, P * sizeof *traj);
+    }
     qd_sgd sgd = {0};
     qd_adam adam = {0};
-    if (!B.idx || !B.x || !B.y || !B.grad || !B.logits || (test && !test_acc))
+    if (traj_oom)
+        rc = qd_error_set(err, QD_ERR_NOMEM,
+                          "train: out of memory for the trajectory of %zu "
+                          "epochs x %zu parameters", cfg->epochs, P);
+    else if (!B.idx || !B.x || !B.y || !B.grad || !B.logits ||
+             (test && !test_acc))
         rc = qd_error_set(err, QD_ERR_NOMEM, "train: out of memory");
     else if (cfg->optimizer == QD_OPT_SGD)
         rc = qd_sgd_init(&sgd, P, cfg->momentum, cfg->weight_decay, err);
@@ -316,6 +368,8 @@ int qd_train_run(qd_model *m, double *params, const qd_dataset *train,
         qd_model_set_training(m, 0);
         if (rc)
             break;
+        if (traj)
+            memcpy(traj + (epoch + 1) * P, params, P * sizeof *traj);
         epoch_loss = loss_sum / (double)n;
         epoch_acc = (double)correct / (double)n;
         double tacc = NAN;
@@ -343,8 +397,11 @@ int qd_train_run(qd_model *m, double *params, const qd_dataset *train,
         res->final_train_acc = epoch_acc;
         res->test_acc = test_acc;
         test_acc = NULL;
+        res->trajectory = traj;
+        traj = NULL;
     }
     free(test_acc);
+    free(traj);
     free_bufs(&B);
     qd_sgd_free(&sgd);
     qd_adam_free(&adam);

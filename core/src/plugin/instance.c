@@ -227,8 +227,8 @@ int qd_instance_create(const qd_registry *reg, int kind, const qd_node *section,
     const qd_plugin_desc *d = qd_registry_find(reg, kind, name);
     if (!d) {
         char *names = qd_registry_names(reg, kind);
-        qd_node_error(pn, err, QD_ERR_MANIFEST, "unknown %s plugin '%s' (available: %s)", kn, name,
-                      names && names[0] ? names : "none");
+        qd_node_error(pn, err, QD_ERR_MANIFEST, "unknown %s plugin '%s' (available: %s)%s", kn,
+                      name, names && names[0] ? names : "none", qd_registry_problem_note(reg));
         free(names);
         return QD_ERR_MANIFEST;
     }
@@ -281,8 +281,18 @@ int qd_instance_create(const qd_registry *reg, int kind, const qd_node *section,
     const struct { uint32_t size; int (*create)(const qd_host *, void **); } *vt = d->vtable;
     int rc = vt->create(h, &in->self);
     if (rc != QD_OK || !in->self) {
-        if (rc == QD_OK)
-            rc = QD_ERR_PLUGIN;
+        if (rc == QD_OK) {
+            /* a plugin bug: name the file it came from */
+            const char *origin = NULL, *o;
+            for (size_t i = 0; i < qd_registry_count(reg) && !origin; ++i)
+                if (qd_registry_at(reg, i, &o) == d)
+                    origin = o;
+            in->self = NULL;
+            qd_instance_destroy(in);
+            return qd_error_set(err, QD_ERR_PLUGIN,
+                                "%s (%s): create() reported success but made no instance "
+                                "(a bug in the plugin)", what, origin ? origin : "built in");
+        }
         qd_instance_error(in, rc, err);
         if (!in->has_err)
             qd_error_set(err, rc, "%s: create failed (%s) without a message", what, qd_status_name(rc));

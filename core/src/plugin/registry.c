@@ -24,6 +24,11 @@ struct qd_registry {
     size_t n_handles, cap_handles;
     char **dirs;            /* directories already scanned (realpath) */
     size_t n_dirs;
+    /* files load_dir / load_default could not load, for "unknown plugin"
+     * messages: the first three, then a count (qd_registry_problem_note) */
+    size_t n_problems;
+    char note_base[720];
+    char note[760];
 };
 
 static const char *const kind_names[] = {
@@ -281,6 +286,10 @@ static int load_file_in(qd_registry *reg, const char *path, const char *dir, qd_
     void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (!h) {
         const char *why = dlerror();
+        /* glibc starts the message with the path: name it once */
+        size_t pl = strlen(path);
+        if (why && strncmp(why, path, pl) == 0 && strncmp(why + pl, ": ", 2) == 0)
+            why += pl + 2;
         return qd_error_set(err, QD_ERR_PLUGIN, "%s: cannot load plugin: %s", path,
                             why ? why : "dlopen failed");
     }
@@ -373,6 +382,26 @@ static void append_problem(char **problems, const char *msg)
     *problems = p;
 }
 
+/* append_problem, and remember it in the registry's note. */
+static void record_problem(qd_registry *reg, char **problems, const char *msg)
+{
+    append_problem(problems, msg);
+    size_t at = strlen(reg->note_base);
+    if (reg->n_problems++ < 3 && at < sizeof reg->note_base)
+        snprintf(reg->note_base + at, sizeof reg->note_base - at, "%s%.230s",
+                 at ? "; " : "; not loaded: ", msg);
+    if (reg->n_problems > 3)
+        snprintf(reg->note, sizeof reg->note, "%s; and %zu more", reg->note_base,
+                 reg->n_problems - 3);
+    else
+        snprintf(reg->note, sizeof reg->note, "%s", reg->note_base);
+}
+
+const char *qd_registry_problem_note(const qd_registry *reg)
+{
+    return reg ? reg->note : "";
+}
+
 static int cmp_str(const void *a, const void *b)
 {
     return strcmp(*(char *const *)a, *(char *const *)b);
@@ -446,7 +475,7 @@ int qd_registry_load_dir(qd_registry *reg, const char *dir, char **problems, qd_
         qd_error e;
         qd_error_clear(&e);
         if (load_file_in(reg, files[i], dir, &e) != QD_OK)
-            append_problem(problems, e.msg);
+            record_problem(reg, problems, e.msg);
         free(files[i]);
     }
     free(files);
@@ -481,7 +510,7 @@ int qd_registry_load_default(qd_registry *reg, const char *const *extra_dirs, si
             else {
                 char msg[600];
                 snprintf(msg, sizeof msg, "QDISTILL_PLUGIN_PATH entry %.500s: not a directory", tok);
-                append_problem(problems, msg);
+                record_problem(reg, problems, msg);
             }
         }
         free(copy);

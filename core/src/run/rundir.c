@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "qdistill/config.h"
 #include "qdistill/fsutil.h"
 #include "qdistill/log.h"
 #include "qdistill/rundir.h"
@@ -56,6 +57,83 @@ static int write_overrides(const qd_rundir *rd, const char *const *overrides, si
     return rc;
 }
 
+/* ---- naming how two resolved manifests differ ---- */
+
+static void node_text(const qd_node *n, char *buf, size_t cap)
+{
+    if (!n)
+        snprintf(buf, cap, "absent");
+    else if (qd_node_kind(n) == QD_NODE_SCALAR)
+        snprintf(buf, cap, "'%.80s'", qd_node_str(n));
+    else if (qd_node_kind(n) == QD_NODE_SEQ)
+        snprintf(buf, cap, "a list of %zu", qd_node_len(n));
+    else if (qd_node_kind(n) == QD_NODE_MAP)
+        snprintf(buf, cap, "a mapping");
+    else
+        snprintf(buf, cap, "null");
+}
+
+/* The first place (this run's key order) where trees a and b differ: its
+ * dotted path in path[cap] and the two nodes there (NULL: absent). */
+static int first_diff(const qd_node *a, const qd_node *b, char *path, size_t cap,
+                      const qd_node **da, const qd_node **db)
+{
+    *da = a;
+    *db = b;
+    if (!a || !b || qd_node_kind(a) != qd_node_kind(b))
+        return 1;
+    size_t at = strlen(path), na = qd_node_len(a), nb = qd_node_len(b);
+    switch (qd_node_kind(a)) {
+    case QD_NODE_SCALAR:
+        return strcmp(qd_node_str(a), qd_node_str(b)) != 0;
+    case QD_NODE_SEQ:
+        for (size_t i = 0; i < na && i < nb; ++i) {
+            snprintf(path + at, cap - at, "%s%zu", at ? "." : "", i);
+            if (first_diff(qd_node_at(a, i), qd_node_at(b, i), path, cap, da, db))
+                return 1;
+        }
+        path[at] = '\0';
+        *da = a;
+        *db = b;
+        return na != nb;
+    case QD_NODE_MAP:
+        for (size_t i = 0; i < na + nb; ++i) {
+            /* a's keys, then the keys only b has */
+            const char *k = i < na ? qd_node_key_at(a, i) : qd_node_key_at(b, i - na);
+            if (i >= na && qd_node_get(a, k))
+                continue;
+            snprintf(path + at, cap - at, "%s%s", at ? "." : "", k);
+            if (first_diff(qd_node_get(a, k), qd_node_get(b, k), path, cap, da, db))
+                return 1;
+        }
+        path[at] = '\0';
+        return 0;
+    default:
+        return 0;
+    }
+}
+
+/* "KEY is X in its manifest.yaml, Y here", or "" when the texts differ in
+ * form only (or the old one does not parse). */
+static void describe_difference(const char *old_yaml, size_t old_len, const char *new_yaml,
+                                const char *where, char *out, size_t cap)
+{
+    out[0] = '\0';
+    qd_config *a = NULL, *b = NULL;
+    if (qd_config_load_string(new_yaml, strlen(new_yaml), where, NULL, &a, NULL) == QD_OK &&
+        qd_config_load_string(old_yaml, old_len, where, NULL, &b, NULL) == QD_OK) {
+        char path[512] = "", ta[100], tb[100];
+        const qd_node *da, *db;
+        if (first_diff(qd_config_root(a), qd_config_root(b), path, sizeof path, &da, &db)) {
+            node_text(da, ta, sizeof ta);
+            node_text(db, tb, sizeof tb);
+            snprintf(out, cap, ": '%s' is %s in its manifest.yaml, %s here", path, tb, ta);
+        }
+    }
+    qd_config_destroy(a);
+    qd_config_destroy(b);
+}
+
 int qd_rundir_open(qd_rundir *rd, const char *path, const char *manifest_yaml,
                    const char *const *overrides, size_t n_overrides, qd_error *err)
 {
@@ -80,12 +158,14 @@ int qd_rundir_open(qd_rundir *rd, const char *path, const char *manifest_yaml,
             return rc;
         }
         if (old_len != strlen(manifest_yaml) || memcmp(old, manifest_yaml, old_len) != 0) {
+            char diff[400];
+            describe_difference(old, old_len, manifest_yaml, mpath, diff, sizeof diff);
             free(old);
             free(mpath);
             qd_error_set(err, QD_ERR_INVALID,
-                         "%s already holds a different experiment (its manifest.yaml differs); "
+                         "%s already holds a different experiment (its manifest.yaml differs%s); "
                          "refusing to overwrite it — choose another --out directory",
-                         path);
+                         path, diff);
             qd_rundir_close(rd);
             return QD_ERR_INVALID;
         }
