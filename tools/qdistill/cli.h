@@ -41,6 +41,7 @@ int cmd_train(cli *c, int argc, char **argv);
 int cmd_evaluate(cli *c, int argc, char **argv);
 int cmd_sweep(cli *c, int argc, char **argv);
 int cmd_table(cli *c, int argc, char **argv);
+int cmd_report(cli *c, int argc, char **argv);
 int cmd_describe_model(cli *c, int argc, char **argv);
 int cmd_describe_circuit(cli *c, int argc, char **argv);
 int cmd_docs(cli *c, int argc, char **argv);

@@ -4,13 +4,26 @@
  * ordinary run directory SWEEP_DIR/<name>, made by a `qdistill run`
  * subprocess (posix_spawn of /proc/self/exe), so a crashing job cannot take
  * the others down and resuming is the run directory's own business.
- * SWEEP_DIR/.lock is held for the sweep's lifetime and inherited by the jobs
- * (flock locks follow the open file), so a second sweep into the same
- * directory waits while jobs of a killed one are still running. */
+ *
+ * Locks (flock; they follow the open file, so the jobs inherit them):
+ *   SWEEP_DIR/.lock       a local sweep holds it exclusively for its
+ *                         lifetime, so a second sweep into the same
+ *                         directory waits while jobs of a killed one are
+ *                         still running; `--task` processes (Slurm array
+ *                         tasks, many at once) hold it shared;
+ *   SWEEP_DIR/.meta.lock  held exclusively, briefly, around checking and
+ *                         writing sweep.yaml, which concurrent tasks and
+ *                         submissions may all try to create;
+ *   logs/<job>.lock       a --task holds it while it runs its job, so a
+ *                         re-submitted array never runs a point twice at once.
+ *
+ * --slurm writes SWEEP_DIR/slurm/sweep.sbatch, a job array with one task per
+ * unfinished grid point, and submits it (slurm.c). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <sched.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -26,6 +39,8 @@
 #include "grid.h"
 #include "qdistill/fsutil.h"
 #include "qdistill/log.h"
+#include "qdistill/progress.h"
+#include "slurm.h"
 
 extern char **environ;
 
@@ -52,6 +67,8 @@ typedef struct sweep {
     grid g;
     job *jobs;
     size_t n_jobs;
+    size_t lo, hi;    /* the jobs this process runs: all, or one (--task) */
+    int task;         /* --task: shared locks, a lock per job */
     char *dir;
 } sweep;
 
@@ -440,88 +457,175 @@ static void stop_running(sweep *s, int sig)
         }
 }
 
-static int take_lock(const char *dir, volatile int *stop)
+/* flock path with op (LOCK_EX or LOCK_SH), waiting (and saying so) while
+ * someone else holds it. inherit: the jobs keep it (no O_CLOEXEC). Returns
+ * the fd, or -1 (message printed; also when stopped while waiting). */
+static int lock_file(const char *path, int op, const char *busy, volatile int *stop, int inherit)
 {
-    char *path = path_join(dir, ".lock");
-    if (!path)
-        return -1;
-    /* no O_CLOEXEC: the jobs inherit the lock (see the top of the file) */
-    int fd = open(path, O_RDWR | O_CREAT, 0644);
+    int fd = open(path, O_RDWR | O_CREAT | (inherit ? 0 : O_CLOEXEC), 0644);
     if (fd < 0) {
         fprintf(stderr, "qdistill sweep: cannot open %s: %s\n", path, strerror(errno));
-        free(path);
         return -1;
     }
-    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
-        qd_log(QD_LOG_INFO, "%s is in use by another sweep (or by the jobs of a killed one); "
-                            "waiting for it", dir);
-        while (flock(fd, LOCK_EX) != 0) {
+    if (flock(fd, op | LOCK_NB) != 0) {
+        if (errno != EWOULDBLOCK) {
+            fprintf(stderr, "qdistill sweep: cannot lock %s: %s\n", path, strerror(errno));
+            close(fd);
+            return -1;
+        }
+        if (busy)
+            qd_log(QD_LOG_INFO, "%s; waiting for it", busy);
+        while (flock(fd, op) != 0) {
             if (errno != EINTR || (stop && *stop)) {
                 close(fd);
-                free(path);
                 return -1;
             }
         }
     }
+    return fd;
+}
+
+/* SWEEP_DIR/.lock: exclusive for a local sweep, shared for --task (see the
+ * top of the file). */
+static int take_lock(const char *dir, int shared, volatile int *stop)
+{
+    char *path = path_join(dir, ".lock");
+    if (!path)
+        return -1;
+    char busy[4200];
+    snprintf(busy, sizeof busy,
+             shared ? "%s is in use by a local sweep (qdistill sweep without --task)"
+                    : "%s is in use by another sweep, by the jobs of a killed one, or by "
+                      "Slurm array tasks",
+             dir);
+    int fd = lock_file(path, shared ? LOCK_SH : LOCK_EX, busy, stop, 1);
     free(path);
     return fd;
 }
 
+/* CPUs this process may use: a Slurm task's allocation, else the affinity
+ * mask (taskset, cgroup cpusets), else the online count. */
+static int available_cpus(int task)
+{
+    const char *e = task ? getenv("SLURM_CPUS_PER_TASK") : NULL;
+    if (e && atoi(e) > 0)
+        return atoi(e);
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0)
+        return CPU_COUNT(&set);
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+/* --task: logs/<job>.lock for the job's lifetime (inherited by the run). */
+static int lock_job(const sweep *s, const job *jb, volatile int *stop)
+{
+    char *logs = path_join(s->dir, "logs");
+    char *name = malloc(strlen(jb->name) + 6);
+    char *path = logs && name ? (sprintf(name, "%s.lock", jb->name), path_join(logs, name)) : NULL;
+    int fd = -1;
+    if (path) {
+        char busy[600];
+        snprintf(busy, sizeof busy, "job %s is being run by another process", jb->name);
+        fd = lock_file(path, LOCK_EX, busy, stop, 1);
+    }
+    free(logs);
+    free(name);
+    free(path);
+    return fd;
+}
+
+static void progress_note(qd_progress *prog, size_t running, size_t failed)
+{
+    if (failed)
+        qd_progress_set_note(prog, "%zu running, %zu failed", running, failed);
+    else
+        qd_progress_set_note(prog, "%zu running", running);
+}
+
 static int run_jobs(cli *c, sweep *s, int par, int fail_fast)
 {
-    long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    int per_job = (int)(cores > 0 ? cores : 1) / par;
+    int per_job = available_cpus(s->task) / par;
     if (per_job < 1)
         per_job = 1;
-    size_t next = 0, running = 0, started = 0, failed = 0;
-    int stopping = 0;
+    size_t next = s->lo, running = 0, failed = 0, finished = 0, n = s->hi - s->lo;
+    int stopping = 0, job_lock = -1;
+    qd_progress_opts po = {.unit = "job", .line_every_s = 30};
+    qd_progress *prog = qd_progress_begin("sweep", n, 0, &po);
+    progress_note(prog, 0, 0);
     for (;;) {
-        while (!stopping && running < (size_t)par && next < s->n_jobs) {
+        while (!stopping && running < (size_t)par && next < s->hi) {
             job *jb = &s->jobs[next++];
             if (file_exists(jb->dir, "result.json")) {
                 jb->state = JOB_SKIPPED;
                 qd_log(QD_LOG_INFO, "[%zu/%zu] %s: finished before, skipped", next, s->n_jobs,
                        jb->name);
+                qd_progress_skip(prog, 1);
+                ++finished;
                 continue;
+            }
+            if (s->task) {
+                /* another task may be on this point (a re-submitted array):
+                 * wait for it, then look again */
+                if ((job_lock = lock_job(s, jb, c->stop_flag)) < 0) {
+                    jb->state = c->stop_flag && *c->stop_flag ? JOB_STOPPED : JOB_FAILED;
+                    failed += jb->state == JOB_FAILED;
+                    break;
+                }
+                if (file_exists(jb->dir, "result.json")) {
+                    jb->state = JOB_SKIPPED;
+                    qd_log(QD_LOG_INFO, "[%zu/%zu] %s: finished by another process, skipped",
+                           next, s->n_jobs, jb->name);
+                    qd_progress_skip(prog, 1);
+                    ++finished;
+                    continue;
+                }
             }
             int t = jb->threads > 0 && jb->threads < per_job ? jb->threads : per_job;
             if (spawn_job(c, s, jb, t) != 0) {
                 jb->state = JOB_FAILED;
                 ++failed;
+                ++finished;
+                qd_progress_update(prog, finished);
                 if (fail_fast)
                     stopping = 1;
                 continue;
             }
             jb->state = JOB_RUNNING;
             ++running;
-            ++started;
             qd_log(QD_LOG_INFO, "[%zu/%zu] %s: started (%d thread%s, log %s)", next, s->n_jobs,
                    jb->name, t, t == 1 ? "" : "s", jb->log);
         }
+        progress_note(prog, running, failed);
+        qd_progress_tick(prog);
         if (running == 0)
             break;
         int st;
-        pid_t p = waitpid(-1, &st, 0);
-        if (p < 0) {
-            if (errno == EINTR) {
-                if (c->stop_flag && *c->stop_flag && !stopping) {
-                    /* jobs checkpoint and stop on SIGTERM; re-running resumes */
-                    qd_log(QD_LOG_WARN, "interrupted: stopping the running jobs");
-                    stopping = 1;
-                    stop_running(s, SIGTERM);
-                }
-                continue;
+        /* poll, so that the progress line keeps its clock and ETA moving */
+        pid_t p = waitpid(-1, &st, WNOHANG);
+        if (p == 0 || (p < 0 && errno == EINTR)) {
+            if (c->stop_flag && *c->stop_flag && !stopping) {
+                /* jobs checkpoint and stop on SIGTERM; re-running resumes */
+                qd_log(QD_LOG_WARN, "interrupted: stopping the running jobs");
+                stopping = 1;
+                stop_running(s, SIGTERM);
             }
+            struct timespec ts = {0, 200 * 1000 * 1000};
+            nanosleep(&ts, NULL);
+            continue;
+        }
+        if (p < 0) {
             fprintf(stderr, "qdistill sweep: waitpid: %s\n", strerror(errno));
             break;
         }
         job *jb = NULL;
-        for (size_t j = 0; j < s->n_jobs && !jb; ++j)
+        for (size_t j = s->lo; j < s->hi && !jb; ++j)
             if (s->jobs[j].state == JOB_RUNNING && s->jobs[j].pid == p)
                 jb = &s->jobs[j];
         if (!jb)
             continue;
         --running;
+        ++finished;
         jb->status = st;
         size_t idx = (size_t)(jb - s->jobs) + 1;
         if (WIFEXITED(st) && WEXITSTATUS(st) == 0) {
@@ -530,6 +634,7 @@ static int run_jobs(cli *c, sweep *s, int par, int fail_fast)
                    elapsed(&jb->t0));
         } else if (jb->signalled) {
             jb->state = JOB_STOPPED;
+            --finished;
             qd_log(QD_LOG_INFO, "[%zu/%zu] %s: stopped", idx, s->n_jobs, jb->name);
         } else {
             jb->state = JOB_FAILED;
@@ -542,13 +647,31 @@ static int run_jobs(cli *c, sweep *s, int par, int fail_fast)
                 stop_running(s, SIGTERM);
             }
         }
+        progress_note(prog, running, failed);
+        qd_progress_update(prog, finished);
     }
-    (void)started;
+    qd_progress_end(prog);
+    if (job_lock >= 0)
+        close(job_lock);
     return (int)failed;
 }
 
+static const char *const state_names[] = {"not started", "running", "done",
+                                          "skipped (finished before)", "failed", "stopped"};
+
 static void summary(const sweep *s)
 {
+    if (s->task) {
+        const job *jb = &s->jobs[s->lo];
+        printf("sweep %s: task %zu (grid point %zu of %zu) %s: %s", s->dir, s->lo, s->lo + 1,
+               s->n_jobs, jb->name, state_names[jb->state]);
+        if (jb->state == JOB_FAILED && WIFEXITED(jb->status))
+            printf(" (exit %d)", WEXITSTATUS(jb->status));
+        else if (jb->state == JOB_FAILED && WIFSIGNALED(jb->status))
+            printf(" (signal %d)", WTERMSIG(jb->status));
+        printf(", log %s\n", jb->log);
+        return;
+    }
     size_t cnt[JOB_STOPPED + 1] = {0};
     for (size_t j = 0; j < s->n_jobs; ++j)
         ++cnt[s->jobs[j].state];
@@ -587,54 +710,239 @@ static char *default_dir(const char *name)
 
 static int usage(void)
 {
-    fprintf(stderr, "usage: qdistill sweep MANIFEST [key=v1,v2 | key=range(a,b[,step]) | "
-                    "key=value ...] [--out DIR] [-j N] [--fail-fast] [--dry-run]\n");
+    fprintf(stderr,
+            "usage: qdistill sweep MANIFEST [key=v1,v2 | key=range(a,b[,step]) | key=value ...]\n"
+            "           [--out DIR] [-j N] [--fail-fast] [--dry-run]\n"
+            "       qdistill sweep MANIFEST ... --slurm [--partition P] [--time T] [--cpus C]\n"
+            "           [--mem M] [--sbatch-arg ARG]... [-j N] [--out DIR] [--dry-run]\n"
+            "       qdistill sweep MANIFEST ... --out DIR --task I\n");
     return EXIT_USAGE;
+}
+
+/* A number argument from lo to hi; -1 (message printed) otherwise. */
+static long num_arg(const char *opt, const char *v, long lo, long hi)
+{
+    char *end;
+    errno = 0;
+    long x = v && *v ? strtol(v, &end, 10) : 0;
+    if (!v || !*v || *end || errno || x < lo || x > hi) {
+        fprintf(stderr, "qdistill sweep: %s wants a whole number from %ld to %ld, not '%s'\n", opt,
+                lo, hi, v ? v : "");
+        return -1;
+    }
+    return x;
+}
+
+/* The value of an option given as "--opt V" or "--opt=V"; NULL when argv[*i]
+ * is not opt. A missing value is reported and gives "". */
+static const char *opt_value(const char *opt, int argc, char **argv, int *i)
+{
+    size_t n = strlen(opt);
+    const char *a = argv[*i];
+    if (strncmp(a, opt, n) != 0)
+        return NULL;
+    if (a[n] == '=')
+        return a + n + 1;
+    if (a[n] != '\0')
+        return NULL;
+    if (*i + 1 < argc)
+        return argv[++*i];
+    fprintf(stderr, "qdistill sweep: %s needs a value\n", opt);
+    return "";
+}
+
+/* sweep.yaml under SWEEP_DIR/.meta.lock: concurrent tasks and submissions
+ * may all find it missing; one writes it, the others then check it. */
+static int sweep_yaml(const sweep *s, volatile int *stop)
+{
+    char *path = path_join(s->dir, ".meta.lock");
+    int fd = path ? lock_file(path, LOCK_EX, NULL, stop, 0) : -1;
+    free(path);
+    if (fd < 0)
+        return EXIT_RUN_FAILED;
+    int existed, rc = check_same_sweep(s, &existed);
+    qd_error err;
+    if (rc == EXIT_OK && !existed && write_sweep_yaml(s, &err) != QD_OK) {
+        fprintf(stderr, "qdistill sweep: %s\n", err.msg);
+        rc = EXIT_RUN_FAILED;
+    }
+    close(fd);
+    return rc;
+}
+
+static int append_dirs(char **out, size_t *len, const char *list)
+{
+    char *dup = strdup(list), *save = NULL;
+    if (!dup)
+        return -1;
+    for (char *d = strtok_r(dup, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
+        char *abs = realpath(d, NULL);
+        const char *use = abs ? abs : d;
+        char *nb = realloc(*out, *len + strlen(use) + 2);
+        if (!nb) {
+            free(abs);
+            free(dup);
+            return -1;
+        }
+        *out = nb;
+        *len += (size_t)sprintf(nb + *len, "%s%s", *len ? ":" : "", use);
+        free(abs);
+    }
+    free(dup);
+    return 0;
+}
+
+/* The effective plugin search path (--plugin-path, then the environment's),
+ * every directory absolute, for the array tasks; NULL when there is none
+ * (the tasks then search the build tree and the installed directory, as
+ * this binary does). */
+static char *task_plugin_path(const cli *c)
+{
+    char *out = NULL;
+    size_t len = 0;
+    const char *env = getenv("QDISTILL_PLUGIN_PATH");
+    for (size_t i = 0; i < c->n_plugin_paths; ++i)
+        if (append_dirs(&out, &len, c->plugin_paths[i]) != 0)
+            return free(out), NULL;
+    if (env && append_dirs(&out, &len, env) != 0)
+        return free(out), NULL;
+    return out;
+}
+
+/* Write the job array for the unfinished points and submit it (unless
+ * dry_run). */
+static int submit_slurm(cli *c, const sweep *s, const char *name, const slurm_opts *so,
+                        char *const *ovr, size_t n_ovr, int dry_run)
+{
+    int rc = EXIT_RUN_FAILED;
+    size_t *todo = calloc(s->n_jobs + 1, sizeof *todo), n_todo = 0;
+    const char **args = calloc(n_ovr + 8, sizeof *args);
+    char *exe = realpath("/proc/self/exe", NULL), *cwd = getcwd(NULL, 0);
+    char *plugins = task_plugin_path(c), *script = NULL, *job_id = NULL;
+    if (!todo || !args || !exe || !cwd) {
+        fprintf(stderr, "qdistill sweep: %s\n", !exe || !cwd ? strerror(errno) : "out of memory");
+        goto out;
+    }
+    for (size_t j = 0; j < s->n_jobs; ++j)
+        if (!file_exists(s->jobs[j].dir, "result.json"))
+            todo[n_todo++] = j;
+    if (n_todo == 0) {
+        printf("sweep %s: all %zu jobs finished; nothing to submit\n", s->dir, s->n_jobs);
+        rc = EXIT_OK;
+        goto out;
+    }
+    size_t na = 0;
+    if (c->quiet)
+        args[na++] = "--quiet";
+    if (c->verbose)
+        args[na++] = "--verbose";
+    args[na++] = "sweep";
+    args[na++] = s->manifest;
+    for (size_t i = 0; i < n_ovr; ++i)
+        args[na++] = ovr[i];
+    slurm_job sj = {.dir = s->dir, .name = name, .exe = exe, .workdir = cwd,
+                    .plugin_path = plugins, .args = args, .n_args = na, .tasks = todo,
+                    .n_tasks = n_todo};
+    qd_error err;
+    if (slurm_write_script(&sj, so, &script, &err) != QD_OK) {
+        fprintf(stderr, "qdistill sweep: %s\n", err.msg);
+        rc = err.code == QD_ERR_INVALID ? EXIT_USAGE : EXIT_RUN_FAILED;
+        goto out;
+    }
+    if (dry_run) {
+        printf("sweep %s: %zu of %zu jobs to run; job array written (not submitted): %s\n",
+               s->dir, n_todo, s->n_jobs, script);
+        rc = EXIT_OK;
+        goto out;
+    }
+    char msg[4096];
+    if (slurm_submit(script, &job_id, msg, sizeof msg) != 0) {
+        fprintf(stderr, "qdistill sweep: %s\n", msg);
+        goto out;
+    }
+    /* a record of the submissions, for squeue/sacct/scancel */
+    char *jl = path_join(s->dir, "slurm/jobs.txt");
+    FILE *f = jl ? fopen(jl, "a") : NULL;
+    if (f) {
+        fprintf(f, "%s %zu\n", job_id, n_todo);
+        fclose(f);
+    }
+    free(jl);
+    printf("submitted batch job %s: %zu array task%s for %zu of %zu jobs; script %s, output "
+           "%s/slurm/task-<index>.out\n",
+           job_id, n_todo, n_todo == 1 ? "" : "s", n_todo, s->n_jobs, script, s->dir);
+    rc = EXIT_OK;
+out:
+    free(todo);
+    free(args);
+    free(exe);
+    free(cwd);
+    free(plugins);
+    free(script);
+    free(job_id);
+    return rc;
 }
 
 int cmd_sweep(cli *c, int argc, char **argv)
 {
     char **args = calloc((size_t)argc + 1, sizeof *args), **pos = calloc((size_t)argc + 1, sizeof *pos),
          **ovr = calloc((size_t)argc + 1, sizeof *ovr);
+    const char **extra = calloc((size_t)argc + 1, sizeof *extra);
     sweep s = {0};
-    const char *out = NULL;
-    int par = 1, fail_fast = 0, dry_run = 0, rc = EXIT_USAGE, lock = -1;
+    const char *out = NULL, *v;
+    int par = 1, par_given = 0, fail_fast = 0, dry_run = 0, rc = EXIT_USAGE, lock = -1;
+    int slurm = 0, slurm_only = 0;
+    long task = -1;
+    slurm_opts so = {.cpus = 1};
     char *name = NULL, **msgs = NULL;
     size_t n_msgs = 0;
     qd_config *cfg = NULL;
-    if (!args || !pos || !ovr) {
+    if (!args || !pos || !ovr || !extra) {
         rc = EXIT_RUN_FAILED;
         goto done;
     }
     int nargs = 0;
     for (int i = 1; i < argc; ++i) {
         const char *a = argv[i];
-        if (strcmp(a, "--out") == 0 && i + 1 < argc) {
-            out = argv[++i];
-        } else if (strncmp(a, "--out=", 6) == 0) {
-            out = a + 6;
-        } else if ((strcmp(a, "-j") == 0 || strcmp(a, "--jobs") == 0) && i + 1 < argc) {
-            char *end;
-            long v = strtol(argv[++i], &end, 10);
-            if (*end || v < 1 || v > 1024) {
-                fprintf(stderr, "qdistill sweep: -j wants a number of jobs from 1 to 1024, not "
-                                "'%s'\n", argv[i]);
+        if ((v = opt_value("--out", argc, argv, &i))) {
+            if (!*v)
                 goto done;
-            }
-            par = (int)v;
-        } else if (strncmp(a, "-j", 2) == 0 && a[2]) {
-            char *end;
-            long v = strtol(a + 2, &end, 10);
-            if (*end || v < 1 || v > 1024) {
-                fprintf(stderr, "qdistill sweep: -j wants a number of jobs from 1 to 1024, not "
-                                "'%s'\n", a + 2);
+            out = v;
+        } else if ((v = opt_value("--jobs", argc, argv, &i)) ||
+                   (strcmp(a, "-j") == 0 && (v = i + 1 < argc ? argv[++i] : "")) ||
+                   (strncmp(a, "-j", 2) == 0 && a[2] && (v = a + 2))) {
+            long x = num_arg("-j", v, 1, 1024);
+            if (x < 0)
                 goto done;
-            }
-            par = (int)v;
+            par = (int)x;
+            par_given = 1;
         } else if (strcmp(a, "--fail-fast") == 0) {
             fail_fast = 1;
         } else if (strcmp(a, "--dry-run") == 0) {
             dry_run = 1;
+        } else if (strcmp(a, "--slurm") == 0) {
+            slurm = 1;
+        } else if ((v = opt_value("--partition", argc, argv, &i))) {
+            so.partition = v;
+            slurm_only = 1;
+        } else if ((v = opt_value("--time", argc, argv, &i))) {
+            so.time = v;
+            slurm_only = 1;
+        } else if ((v = opt_value("--mem", argc, argv, &i))) {
+            so.mem = v;
+            slurm_only = 1;
+        } else if ((v = opt_value("--cpus", argc, argv, &i))) {
+            long x = num_arg("--cpus", v, 1, 4096);
+            if (x < 0)
+                goto done;
+            so.cpus = (int)x;
+            slurm_only = 1;
+        } else if ((v = opt_value("--sbatch-arg", argc, argv, &i))) {
+            extra[so.n_extra++] = v;
+            slurm_only = 1;
+        } else if ((v = opt_value("--task", argc, argv, &i))) {
+            if ((task = num_arg("--task", v, 0, 99999)) < 0)
+                goto done;
         } else if (a[0] == '-' && a[1]) {
             fprintf(stderr, "qdistill sweep: unknown option '%s'\n", a);
             usage();
@@ -643,6 +951,30 @@ int cmd_sweep(cli *c, int argc, char **argv)
             args[nargs++] = argv[i];
         }
     }
+    so.extra = extra;
+    if (slurm_only && !slurm) {
+        fprintf(stderr, "qdistill sweep: --partition, --time, --cpus, --mem and --sbatch-arg "
+                        "go with --slurm\n");
+        goto done;
+    }
+    if (slurm && (task >= 0 || fail_fast)) {
+        fprintf(stderr, "qdistill sweep: --slurm cannot go with %s\n",
+                task >= 0 ? "--task (the array tasks use it)"
+                          : "--fail-fast (array tasks are independent; cancel with scancel)");
+        goto done;
+    }
+    if (task >= 0 && (par_given || fail_fast || !out)) {
+        fprintf(stderr, "qdistill sweep: --task runs one grid point into an existing sweep: it "
+                        "needs --out DIR, and -j / --fail-fast do not apply\n");
+        goto done;
+    }
+    char smsg[600];
+    if (slurm && slurm_check_opts(&so, smsg, sizeof smsg) != 0) {
+        fprintf(stderr, "qdistill sweep: %s\n", smsg);
+        goto done;
+    }
+    if (slurm && par_given)
+        so.max_running = par;   /* -j N: at most N array tasks at once */
     size_t npos, novr;
     cli_split_overrides(nargs, args, pos, &npos, ovr, &novr);
     if (npos != 1) {
@@ -720,11 +1052,23 @@ int cmd_sweep(cli *c, int argc, char **argv)
         rc = EXIT_USAGE;
         goto done;
     }
+    s.lo = 0;
+    s.hi = s.n_jobs;
+    if (task >= 0) {
+        if ((size_t)task >= s.n_jobs) {
+            fprintf(stderr, "qdistill sweep: --task %ld: the grid has %zu point%s (0 to %zu)\n",
+                    task, s.n_jobs, s.n_jobs == 1 ? "" : "s", s.n_jobs - 1);
+            goto done;
+        }
+        s.task = 1;
+        s.lo = (size_t)task;
+        s.hi = s.lo + 1;
+    }
     if ((rc = validate_jobs(c, &s, &name)) != EXIT_OK)
         goto done;
-    if (dry_run) {
+    if (dry_run && !slurm) {
         /* every point validated: list the jobs, start nothing */
-        for (size_t j = 0; j < s.n_jobs; ++j)
+        for (size_t j = s.lo; j < s.hi; ++j)
             printf("%s\n", s.jobs[j].name);
         goto done;
     }
@@ -733,8 +1077,25 @@ int cmd_sweep(cli *c, int argc, char **argv)
     s.dir = out ? strdup(out) : default_dir(name ? name : "sweep");
     if (!s.dir)
         goto done;
+    char *logs = path_join(s.dir, "logs");
+    int mk = logs ? qd_mkdir_p(logs, &err) : qd_error_set(&err, QD_ERR_NOMEM, "out of memory");
+    free(logs);
+    if (mk != QD_OK) {
+        fprintf(stderr, "qdistill sweep: %s\n", err.msg);
+        goto done;
+    }
+    if (slurm) {
+        /* the tasks run elsewhere: every path they see is absolute */
+        char *abs = realpath(s.dir, NULL);
+        if (!abs) {
+            fprintf(stderr, "qdistill sweep: %s: %s\n", s.dir, strerror(errno));
+            goto done;
+        }
+        free(s.dir);
+        s.dir = abs;
+    }
     for (size_t j = 0; j < s.n_jobs; ++j) {
-        char *logs = path_join(s.dir, "logs");
+        logs = path_join(s.dir, "logs");
         char *lname = malloc(strlen(s.jobs[j].name) + 5);
         if (!logs || !lname) {
             free(logs);
@@ -749,29 +1110,25 @@ int cmd_sweep(cli *c, int argc, char **argv)
         if (!s.jobs[j].dir || !s.jobs[j].log)
             goto done;
     }
-    char *logs = path_join(s.dir, "logs");
-    int mk = logs ? qd_mkdir_p(logs, &err) : qd_error_set(&err, QD_ERR_NOMEM, "out of memory");
-    free(logs);
-    if (mk != QD_OK) {
-        fprintf(stderr, "qdistill sweep: %s\n", err.msg);
+    if (slurm) {
+        if ((rc = sweep_yaml(&s, c->stop_flag)) == EXIT_OK)
+            rc = submit_slurm(c, &s, name ? name : "sweep", &so, ovr, novr, dry_run);
         goto done;
     }
-    if ((lock = take_lock(s.dir, c->stop_flag)) < 0)
+    if ((lock = take_lock(s.dir, s.task, c->stop_flag)) < 0)
         goto done;
-    int existed;
-    if ((rc = check_same_sweep(&s, &existed)) != EXIT_OK)
+    if ((rc = sweep_yaml(&s, c->stop_flag)) != EXIT_OK)
         goto done;
-    if (!existed && write_sweep_yaml(&s, &err) != QD_OK) {
-        fprintf(stderr, "qdistill sweep: %s\n", err.msg);
-        rc = EXIT_RUN_FAILED;
-        goto done;
-    }
-    qd_log(QD_LOG_INFO, "sweep %s: %zu job%s, %d at a time", s.dir, s.n_jobs,
-           s.n_jobs == 1 ? "" : "s", par);
+    if (s.task)
+        qd_log(QD_LOG_INFO, "sweep %s: task %zu (grid point %zu of %zu): %s", s.dir, s.lo,
+               s.lo + 1, s.n_jobs, s.jobs[s.lo].name);
+    else
+        qd_log(QD_LOG_INFO, "sweep %s: %zu job%s, %d at a time", s.dir, s.n_jobs,
+               s.n_jobs == 1 ? "" : "s", par);
     int failed = run_jobs(c, &s, par, fail_fast);
     summary(&s);
     int unfinished = 0;
-    for (size_t j = 0; j < s.n_jobs; ++j)
+    for (size_t j = s.lo; j < s.hi; ++j)
         unfinished |= s.jobs[j].state != JOB_DONE && s.jobs[j].state != JOB_SKIPPED;
     rc = failed || unfinished ? EXIT_RUN_FAILED : EXIT_OK;
 done:
@@ -789,5 +1146,6 @@ done:
     free(args);
     free(pos);
     free(ovr);
+    free(extra);
     return rc;
 }

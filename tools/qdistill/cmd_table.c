@@ -5,181 +5,15 @@
  * over the runs that share its configuration, typically the seeds of a
  * sweep. This is how the tables of docs/results.md are made. */
 #define _GNU_SOURCE
-#include <dirent.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "cli.h"
 #include "qdistill/config.h"
 #include "qdistill/evaluate.h"
 #include "qdistill/json.h"
-
-typedef struct strv {
-    char **v;
-    size_t n;
-} strv;
-
-static int strv_push(strv *s, char *x)
-{
-    if (!x)
-        return -1;
-    char **nv = realloc(s->v, (s->n + 1) * sizeof *nv);
-    if (!nv) {
-        free(x);
-        return -1;
-    }
-    nv[s->n++] = x;
-    s->v = nv;
-    return 0;
-}
-
-static void strv_free(strv *s)
-{
-    for (size_t i = 0; i < s->n; ++i)
-        free(s->v[i]);
-    free(s->v);
-    s->v = NULL;
-    s->n = 0;
-}
-
-static size_t strv_find(const strv *s, const char *x)
-{
-    for (size_t i = 0; i < s->n; ++i)
-        if (strcmp(s->v[i], x) == 0)
-            return i;
-    return (size_t)-1;
-}
-
-static char *join2(const char *a, const char *sep, const char *b)
-{
-    size_t n = strlen(a) + strlen(sep) + strlen(b) + 1;
-    char *p = malloc(n);
-    if (p)
-        snprintf(p, n, "%s%s%s", a, sep, b);
-    return p;
-}
-
-static int has_file(const char *dir, const char *name)
-{
-    char *p = join2(dir, "/", name);
-    struct stat st;
-    int r = p && stat(p, &st) == 0;
-    free(p);
-    return r;
-}
-
-static int cmp_str(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-/* The run directories under a path: itself, the jobs of its sweep.yaml (in
- * sweep order), or its subdirectories holding a manifest.yaml (sorted).
- * The sweep's grid keys go to grid_keys (for the default --rows). */
-static int collect(const char *path, strv *runs, strv *grid_keys)
-{
-    if (has_file(path, "manifest.yaml"))
-        return strv_push(runs, strdup(path));
-    if (has_file(path, "sweep.yaml")) {
-        char *sy = join2(path, "/", "sweep.yaml");
-        qd_config *cfg = NULL;
-        qd_error err;
-        if (!sy || qd_config_load(sy, NULL, &cfg, &err) != QD_OK) {
-            fprintf(stderr, "qdistill table: %s\n", sy ? err.msg : "out of memory");
-            free(sy);
-            return -1;
-        }
-        free(sy);
-        const qd_node *r = qd_config_root(cfg), *jobs = qd_node_get(r, "jobs"),
-                      *grid = qd_node_get(r, "grid");
-        for (size_t i = 0; i < qd_node_len(grid); ++i)
-            if (strv_find(grid_keys, qd_node_key_at(grid, i)) == (size_t)-1)
-                strv_push(grid_keys, strdup(qd_node_key_at(grid, i)));
-        for (size_t i = 0; i < qd_node_len(jobs); ++i) {
-            const char *name = qd_node_str(qd_node_get(qd_node_at(jobs, i), "name"));
-            if (name && strv_push(runs, join2(path, "/", name)) != 0) {
-                qd_config_destroy(cfg);
-                return -1;
-            }
-        }
-        qd_config_destroy(cfg);
-        return 0;
-    }
-    DIR *d = opendir(path);
-    if (!d) {
-        fprintf(stderr, "qdistill table: %s: not a run directory, a sweep or a directory of "
-                        "runs\n", path);
-        return -1;
-    }
-    strv found = {0};
-    struct dirent *e;
-    while ((e = readdir(d)))
-        if (e->d_name[0] != '.') {
-            char *sub = join2(path, "/", e->d_name);
-            if (sub && has_file(sub, "manifest.yaml"))
-                strv_push(&found, sub);
-            else
-                free(sub);
-        }
-    closedir(d);
-    if (found.n == 0) {
-        fprintf(stderr, "qdistill table: %s holds no run directories\n", path);
-        free(found.v);
-        return -1;
-    }
-    qsort(found.v, found.n, sizeof *found.v, cmp_str);
-    for (size_t i = 0; i < found.n; ++i)
-        strv_push(runs, found.v[i]);
-    free(found.v);
-    return 0;
-}
-
-static int split_keys(const char *text, strv *out)
-{
-    const char *p = text;
-    while (*p) {
-        const char *q = strchr(p, ',');
-        size_t len = q ? (size_t)(q - p) : strlen(p);
-        if (len == 0) {
-            fprintf(stderr, "qdistill table: empty key in '%s'\n", text);
-            return -1;
-        }
-        if (strv_push(out, strndup(p, len)) != 0)
-            return -1;
-        p += len + (q ? 1 : 0);
-    }
-    return 0;
-}
-
-/* The configuration of a run for keys: its values joined by SEP (a byte no
- * manifest value holds), shown joined by ", ". */
-#define SEP "\x1f"
-static char *label(const qd_node *root, const strv *keys)
-{
-    char *s = strdup("");
-    for (size_t k = 0; k < keys->n && s; ++k) {
-        const qd_node *n = qd_node_path(root, keys->v[k]);
-        char *v;
-        if (!n)
-            v = strdup("-");
-        else if (qd_node_kind(n) == QD_NODE_SCALAR)
-            v = strdup(qd_node_str(n));
-        else {
-            v = qd_config_to_yaml(n);
-            for (char *c = v; c && *c; ++c)
-                if (*c == '\n')
-                    *c = ' ';
-        }
-        char *t = v ? join2(s, k ? SEP : "", v) : NULL;
-        free(v);
-        free(s);
-        s = t;
-    }
-    return s;
-}
+#include "results.h"
 
 typedef struct cell {
     double *v;
@@ -188,19 +22,9 @@ typedef struct cell {
 
 typedef enum { FMT_TEXT, FMT_MARKDOWN, FMT_CSV } fmt;
 
-/* Percentages with 2 decimals for accuracies, %.4g otherwise. */
 static void cell_text(char *buf, size_t len, const cell *c, int pct, size_t all)
 {
-    if (c->n == 0) {
-        snprintf(buf, len, "-");
-        return;
-    }
-    double m, s;
-    qd_mean_std(c->v, c->n, &m, &s);
-    int w = pct ? snprintf(buf, len, "%.2f ± %.2f", 100 * m, 100 * s)
-                : snprintf(buf, len, "%.4g ± %.2g", m, s);
-    if (c->n < all && w > 0 && (size_t)w < len)
-        snprintf(buf + w, len - (size_t)w, " (n=%zu)", c->n);
+    results_cell_text(buf, len, c->v, c->n, pct, all);
 }
 
 static void csv_field(const char *s)
@@ -225,20 +49,6 @@ static size_t width(const char *s)
     for (; *s; ++s)
         w += ((unsigned char)*s & 0xC0) != 0x80;
     return w;
-}
-
-/* A label for display: SEP becomes ", ". */
-static char *shown(const char *l)
-{
-    char *s = malloc(2 * strlen(l) + 1), *p = s;
-    for (; s && *l; ++l)
-        if (*l == SEP[0])
-            *p++ = ',', *p++ = ' ';
-        else
-            *p++ = *l;
-    if (s)
-        *p = '\0';
-    return s;
 }
 
 static int usage(void)
@@ -288,9 +98,10 @@ int cmd_table(cli *c, int argc, char **argv)
     if (paths.n == 0)
         goto bad;
     for (size_t i = 0; i < paths.n; ++i)
-        if (collect(paths.v[i], &runs, &grid_keys) != 0)
+        if (results_collect(paths.v[i], &runs, &grid_keys, "qdistill table") != 0)
             goto out;
-    if ((rows_arg && split_keys(rows_arg, &rk)) || (cols_arg && split_keys(cols_arg, &ck)))
+    if ((rows_arg && results_split_keys(rows_arg, &rk, "qdistill table")) ||
+        (cols_arg && results_split_keys(cols_arg, &ck, "qdistill table")))
         goto out;
     if (!rows_arg) {
         /* default rows: what the sweeps varied, except seeds and the columns */
@@ -327,7 +138,8 @@ int cmd_table(cli *c, int argc, char **argv)
                    qd_json_get_number(json, value, &val[r], &err) != QD_OK) {
             fprintf(stderr, "qdistill table: skipped %s: %s\n", runs.v[r], err.msg);
         } else {
-            char *rl = label(qd_config_root(cfg), &rk), *cl = label(qd_config_root(cfg), &ck);
+            char *rl = results_label(qd_config_root(cfg), &rk),
+                 *cl = results_label(qd_config_root(cfg), &ck);
             if (!rl || !cl) {
                 free(rl);
                 free(cl);
@@ -373,8 +185,7 @@ int cmd_table(cli *c, int argc, char **argv)
     size_t all = 0;
     for (size_t i = 0; i < rlab.n * clab.n; ++i)
         all = cells[i].n > all ? cells[i].n : all;
-    const char *last = strrchr(value, '.');
-    int pct = strstr(last ? last + 1 : value, "acc") != NULL;
+    int pct = results_is_acc(value);
 
     if (format == FMT_CSV) {
         for (size_t k = 0; k < rk.n; ++k)
@@ -392,7 +203,7 @@ int cmd_table(cli *c, int argc, char **argv)
                 for (int t = 0; t < 2; ++t) {
                     const char *p = labs[t];
                     for (size_t k = 0; k < nk[t]; ++k) {
-                        size_t len = strcspn(p, SEP);
+                        size_t len = strcspn(p, RESULTS_SEP);
                         char *f = strndup(p, len);
                         csv_field(f ? f : "");
                         free(f);
@@ -430,14 +241,14 @@ int cmd_table(cli *c, int argc, char **argv)
                 free(keys);
                 keys = x;
             }
-            char *l = shown(clab.v[j]);
+            char *l = results_shown(clab.v[j]);
             t[1 + j] = keys && l ? join2(keys, "=", l) : NULL;
             free(keys);
             free(l);
         }
     }
     for (size_t i = 0; i < rlab.n; ++i) {
-        t[(i + 1) * ncol] = *rlab.v[i] ? shown(rlab.v[i]) : strdup("all");
+        t[(i + 1) * ncol] = *rlab.v[i] ? results_shown(rlab.v[i]) : strdup("all");
         for (size_t j = 0; j < clab.n; ++j) {
             char buf[128];
             cell_text(buf, sizeof buf, &cells[i * clab.n + j], pct, all);

@@ -27,10 +27,13 @@ static const command commands[] = {
     {"describe", cmd_describe, "[KIND/]PLUGIN", "show a plugin's parameters: type, default, range, doc"},
     {"validate", cmd_validate, "MANIFEST [key=value ...]", "check a manifest; print it resolved, or every error"},
     {"run", cmd_run, "MANIFEST [key=value ...] [--out DIR]", "run an experiment into a run directory"},
-    {"sweep", cmd_sweep, "MANIFEST key=v1,v2 key=range(a,b) ... [--out DIR] [-j N] [--fail-fast] [--dry-run]",
-     "run a grid of overrides, one run directory per point (resumable)"},
+    {"sweep", cmd_sweep, "MANIFEST key=v1,v2 key=range(a,b) ... [--out DIR] [-j N] [--fail-fast] [--dry-run]\n"
+     "                      [--slurm [--partition P] [--time T] [--cpus C] [--mem M]] [--task I]",
+     "run a grid of overrides, one run directory per point (resumable); --slurm: as a job array"},
     {"table", cmd_table, "SWEEP_DIR|RUN_DIR... [--rows KEYS] [--cols KEYS] [--value PATH] [--format text|markdown|csv]",
      "results as a table: mean ± std over the runs of each configuration"},
+    {"report", cmd_report, "RUN_DIR|SWEEP_DIR [--out FILE]",
+     "a self-contained HTML report (plots, images, tables), default DIR/report.html"},
     {"evaluate", cmd_evaluate, "RUN_DIR [evaluate.KEY=VALUE ...] [--name NAME] [--manifest-dir DIR]",
      "evaluate a run's synthetic set again, into RUN_DIR/evaluation[-NAME].json"},
     {"train", cmd_train, "MANIFEST [key=value ...] [--out DIR]", "full-data training (the manifest's train section)"},
@@ -55,13 +58,14 @@ static void usage(FILE *f)
             "\n"
             "options:\n"
             "  --plugin-path DIR   search DIR for plugins first (repeatable)\n"
-            "  --quiet             only warnings and errors on stderr\n"
+            "  --quiet             only warnings and errors on stderr (no progress)\n"
             "  --verbose           debug output on stderr\n"
             "  --help, --version\n"
             "\n"
             "Plugins are also searched in $QDISTILL_PLUGIN_PATH (colon-separated), the build tree\n"
             "and the installed plugin directory. Exit codes: 0 ok, 1 run failed, 2 usage or\n"
-            "manifest error. Logs and progress go to stderr, results to stdout.\n");
+            "manifest error. Logs and progress go to stderr, results to stdout: on a terminal,\n"
+            "progress is one updating line; otherwise a plain line every 10%% or 10 s.\n");
 }
 
 int main(int argc, char **argv)

@@ -25,6 +25,25 @@ QD_EXPORT void qd_log_set_file(FILE *f);
 QD_EXPORT void qd_log(int level, const char *fmt, ...) QD_PRINTF(2, 3);
 QD_EXPORT void qd_logv(int level, const char *prefix, const char *fmt, va_list ap);
 
+/* The human stream: stderr unless set (tests use a memory stream). tty is
+ * whether it is a terminal; -1 asks isatty(). */
+QD_EXPORT void qd_log_set_stream(FILE *f, int tty);
+QD_EXPORT int qd_log_is_tty(void);
+/* Width of the terminal (TIOCGWINSZ, else $COLUMNS, else 80). */
+QD_EXPORT int qd_log_columns(void);
+
+/* The status line: one line kept at the bottom of a terminal (progress).
+ * Every log line clears it, is printed, and redraws it, so the two never
+ * garble each other. NULL removes it. Nothing happens when the stream is
+ * not a terminal; the log file never sees it. */
+QD_EXPORT void qd_log_status(const char *line);
+
+/* A line to some of the destinations only: QD_LOG_TO_STREAM (subject to the
+ * level) and/or QD_LOG_TO_FILE. Progress uses it to keep plain lines in the
+ * log file while a terminal shows a status line instead. */
+enum { QD_LOG_TO_STREAM = 1, QD_LOG_TO_FILE = 2 };
+QD_EXPORT void qd_log_to(int where, int level, const char *fmt, ...) QD_PRINTF(3, 4);
+
 #ifdef __cplusplus
 }
 #endif
