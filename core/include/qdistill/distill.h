@@ -35,6 +35,11 @@ typedef struct qd_distill_ctx {
     qd_rng *rng;                 /* the distiller's stream; the host checkpoints it */
     qd_rng *init_rng;            /* stream for fresh random initialisations */
     int threads;
+    /* The run directory (NULL when there is none, e.g. in tests): where a
+     * distiller keeps expensive derived files that must survive a resume
+     * (trajectory matching's expert trajectories). Appended field: read it
+     * only when struct_size covers it. */
+    const char *run_dir;
 } qd_distill_ctx;
 
 /* A synthetic set. Images are grouped by inner step: step s holds

@@ -116,6 +116,26 @@ QD_EXPORT int qd_model_forward_to(qd_model *m, const double *params,
                                   const char *layer, double *out,
                                   qd_error *err);
 
+/* Input gradient of a function of a named layer's output: given g_out =
+ * dL/d(output of `layer`) (batch x qd_model_layer_size(m, layer)), write
+ * g_x = dL/dx (batch x input_size, overwritten) by back-propagating through
+ * the layers `layer` depends on (residual forks and add/mix inputs summed;
+ * quantum layers through their simulator's input gradient). Parameters get
+ * no gradient. The forward part is recomputed (the cost of one
+ * qd_model_forward_to), so the call needs nothing from an earlier one; with
+ * dropout in training mode the recomputed masks are fresh draws, so keep
+ * training mode off for a gradient of a preceding forward_to's output. The
+ * pieces mode applies as to forward_to. */
+QD_EXPORT int qd_model_backward_from(qd_model *m, const double *params,
+                                     size_t batch, const double *x,
+                                     const char *layer, const double *g_out,
+                                     double *g_x, qd_error *err);
+
+/* Layers in list order (their names are what forward_to / backward_from
+ * take), e.g. to list the valid names in a message; NULL past the end. */
+QD_EXPORT size_t qd_model_n_layers(const qd_model *m);
+QD_EXPORT const char *qd_model_layer_name(const qd_model *m, size_t i);
+
 /* Parameter blocks, for reporting, bounds and clipping. */
 typedef struct qd_param_block {
     const char *layer;      /* layer name */

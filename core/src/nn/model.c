@@ -476,6 +476,16 @@ int qd_model_set_pieces(qd_model *m, int mode, qd_error *err)
     return QD_OK;
 }
 
+size_t qd_model_n_layers(const qd_model *m)
+{
+    return m ? m->n_layers : 0;
+}
+
+const char *qd_model_layer_name(const qd_model *m, size_t i)
+{
+    return m && i < m->n_layers ? m->layers[i].name : NULL;
+}
+
 size_t qd_model_layer_size(const qd_model *m, const char *layer)
 {
     if (!m || !layer)
@@ -733,11 +743,13 @@ static double softmax_xent(const double *z, const int32_t *y, size_t batch,
     return total * inv_b;
 }
 
+/* Back-propagate from m->grad[top] (dL/d(output of layer top), already
+ * written) through the layers the last run_forward(..., top) ran. */
 static int run_backward(qd_model *m, const double *params, size_t batch,
-                        const double *x, double *g_params, double *g_x,
-                        qd_error *err)
+                        const double *x, size_t top, double *g_params,
+                        double *g_x, qd_error *err)
 {
-    const size_t n = m->n_layers, last = n - 1;
+    const size_t n = m->n_layers;
     /* needs[i]: some gradient the caller asked for depends on layer i */
     for (size_t i = 0; i < n; i++) {
         const nn_layer *l = &m->layers[i];
@@ -748,8 +760,8 @@ static int run_backward(qd_model *m, const double *params, size_t batch,
     }
     memset(m->gvalid, 0, n);
     int x_valid = 0;
-    m->gvalid[last] = 1;   /* grad[last] holds dloss/dlogits */
-    for (size_t i = n; i-- > 0;) {
+    m->gvalid[top] = 1;    /* grad[top] holds dL/d(its output) */
+    for (size_t i = top + 1; i-- > 0;) {
         /* the pool layer closing a fused block handles all three layers */
         const int fused = i >= 2 && m->fused_run[i - 2];
         nn_layer *l = &m->layers[i];
@@ -855,8 +867,36 @@ int qd_model_loss_grad(qd_model *m, const double *params, size_t batch,
     if (!isfinite(L))
         return explain_nonfinite(m, params, batch, x, err);
     if (want_grad)
-        return run_backward(m, params, batch, x, g_params, g_x, err);
+        return run_backward(m, params, batch, x, last, g_params, g_x, err);
     return QD_OK;
+}
+
+int qd_model_backward_from(qd_model *m, const double *params, size_t batch,
+                           const double *x, const char *layer,
+                           const double *g_out, double *g_x, qd_error *err)
+{
+    int rc = check_call(m, params, batch, x, "model backward_from", err);
+    if (rc)
+        return rc;
+    int i = layer ? find_layer(m, m->n_layers, layer) : -2;
+    if (i < 0)
+        return qd_error_set(err, QD_ERR_INVALID,
+                            "model backward_from: no layer named '%s'",
+                            layer ? layer : "(null)");
+    if (!g_out || !g_x)
+        return qd_error_set(err, QD_ERR_INVALID,
+                            "model backward_from: %s is NULL",
+                            g_out ? "g_x" : "g_out");
+    /* The forward is recomputed: layer backwards read state their own
+     * forward of the same batch left (quantum: encoded inputs and
+     * observable matrices; maxpool: argmaxes), which any call in between
+     * may have overwritten. */
+    if ((rc = run_forward(m, params, batch, x, (size_t)i, err)) ||
+        (rc = ensure_buf(m, m->grad, m->grad_cap, (size_t)i, batch, err)))
+        return rc;
+    memcpy(m->grad[i], g_out,
+           batch * nn_shape_size(m->layers[i].out) * sizeof *g_out);
+    return run_backward(m, params, batch, x, (size_t)i, NULL, g_x, err);
 }
 
 /* ---- description ---- */
