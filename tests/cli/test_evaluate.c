@@ -362,3 +362,45 @@ Test(evaluate, relative_paths_resolve_from_the_original_manifest_directory)
     qd_json_value_free(e);
     teardown();
 }
+
+/* A set without learned step sizes (here a random real subset selected by
+ * the random_subset distiller) is trained at a constant lr picked from
+ * evaluate.lr_grid on the validation split, like the real-subset baseline:
+ * never at a built-in constant. A grid holding only a useless lr must give
+ * the untrained accuracy; a useful grid must beat it and report its pick. */
+static double subset_run(const char *grid, double *lr, double *untrained)
+{
+    char *err;
+    int rc = qd(NULL, &err,
+                "run tests/cli/manifests/tiny-distill.yaml 'distill={plugin: random_subset, "
+                "images_per_class: 5}' evaluate.recipe_epochs=20 'evaluate.lr_grid=%s' --out '%s'",
+                grid, g_run);
+    cr_assert_eq(rc, 0, "%s", err);
+    free(err);
+    qd_json_value *r = read_json(g_run, "result.json");
+    double acc = -1;
+    cr_assert_eq(qd_json_get_number(r, "distilled.test_acc", &acc, NULL), 0);
+    cr_assert_eq(qd_json_get_number(r, "distilled_lr", lr, NULL), 0, "distilled_lr missing");
+    cr_assert_eq(qd_json_get_number(r, "baselines.untrained.test_acc", untrained, NULL), 0);
+    qd_json_value_free(r);
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_run);
+    cr_assert_eq(system(cmd), 0);
+    return acc;
+}
+
+Test(evaluate, sets_without_learned_steps_train_at_a_tuned_lr)
+{
+    snprintf(g_tmp, sizeof g_tmp, "/tmp/qd_eval_XXXXXX");
+    cr_assert(mkdtemp(g_tmp));
+    snprintf(g_run, sizeof g_run, "%s/run", g_tmp);
+    double lr, untrained;
+    double useless = subset_run("[1e-9]", &lr, &untrained);
+    cr_expect_eq(lr, 1e-9);
+    cr_expect(fabs(useless - untrained) < 0.02, "lr 1e-9: %g vs untrained %g", useless,
+              untrained);
+    double tuned = subset_run("[1e-9, 0.1, 1]", &lr, &untrained);
+    cr_expect(lr == 0.1 || lr == 1, "picked %g", lr);
+    cr_expect(tuned > untrained + 0.2, "tuned %g vs untrained %g", tuned, untrained);
+    teardown();
+}

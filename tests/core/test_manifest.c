@@ -483,7 +483,7 @@ Test(manifest, absent_sections_stay_absent, .init = setup_tmp)
     const qd_node *train = qd_manifest_section(m, "train");
     cr_expect_eq(qd_node_kind(train), QD_NODE_MAP, "an empty section gets its defaults");
     cr_expect_str_eq(qd_node_str(qd_node_get(train, "optimizer")), "sgd");
-    cr_expect_eq(qd_node_len(train), 10);
+    cr_expect_eq(qd_node_len(train), 11);
     qd_diags_free(&d);
     qd_manifest_destroy(m);
 }

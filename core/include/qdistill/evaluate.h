@@ -71,6 +71,16 @@ QD_EXPORT int qd_eval_tune_lr(qd_model *m, const qd_synset *s,
                               const qd_eval_opts *o, double *best_lr,
                               double *best_val_acc, qd_error *err);
 
+/* The constant lr a set without learned step sizes (n_lrs == 0: selection
+ * and matching methods) is trained at, picked from o->lr_grid by mean
+ * validation accuracy of `models` models with init indices first,
+ * first + 1, ... (the same rule as the real-subset baseline, so both sides
+ * of the comparison get a tuned lr). */
+QD_EXPORT int qd_eval_tune_set_lr(qd_model *m, const qd_synset *s,
+                                  const qd_dataset *val, const qd_eval_opts *o,
+                                  size_t first, size_t models, double *best_lr,
+                                  double *best_val_acc, qd_error *err);
+
 /* Mean and (sample) standard deviation. */
 QD_EXPORT void qd_mean_std(const double *v, size_t n, double *mean, double *std);
 

@@ -70,6 +70,9 @@ static const qd_param train_schema[] = {
      "clip the gradient's global L2 norm to this (0 = off)"},
     {"eval_batch_size", QD_PARAM_INT, MIN, "1000", 1, 0, NULL, 0, NULL,
      "batch size when scoring the test set"},
+    {"save_trajectory", QD_PARAM_BOOL, 0, "false", 0, 0, NULL, 0, NULL,
+     "write trajectory.npy (epochs+1 x parameters: the initial parameters and those after "
+     "every epoch), an expert trajectory for trajectory_matching's expert_dir"},
     END};
 
 static const qd_param evaluate_schema[] = {
@@ -83,7 +86,7 @@ static const qd_param evaluate_schema[] = {
      "also train on a random real subset of the same size and on the full data"},
     {"lr_grid", QD_PARAM_LIST, MIN, "[0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3]", 1, 0, NULL,
      QD_PARAM_DOUBLE, NULL,
-     "constant learning rates tried for the random-subset baseline, picked by accuracy on the dataset's validation split"},
+     "constant learning rates tried for the random-subset baseline and for sets without learned step sizes (selection and matching methods), each picked by accuracy on the dataset's validation split"},
     {"tune_models", QD_PARAM_INT, MIN, "2", 1, 0, NULL, 0, NULL,
      "models per lr_grid candidate when picking the baseline's learning rate"},
     {"recipe_epochs", QD_PARAM_INT, MIN, "300", 1, 0, NULL, 0, NULL,

@@ -38,13 +38,18 @@ int qd_eval_init(qd_model *m, const qd_eval_opts *o, size_t i, double *params, q
     return qd_model_init_params(m, &rng, params, err);
 }
 
-static int check_finite(const double *p, size_t n, const char *what, qd_error *err)
+/* Name the first parameter block that training made non-finite. */
+static int check_finite(const qd_model *m, const double *p, const char *what, qd_error *err)
 {
-    for (size_t i = 0; i < n; ++i)
-        if (!isfinite(p[i]))
-            return qd_error_set(err, QD_ERR_NUMERIC,
-                                "%s: parameter %zu became %g; the learning rate is too large", what,
-                                i, p[i]);
+    for (size_t k = 0; k < qd_model_n_blocks(m); ++k) {
+        const qd_param_block *b = qd_model_block(m, k);
+        for (size_t i = 0; i < b->count; ++i)
+            if (!isfinite(p[b->offset + i]))
+                return qd_error_set(err, QD_ERR_NUMERIC,
+                                    "%s: '%s' of layer '%s' (entry %zu) became %g; the learning "
+                                    "rate is too large", what, b->what, b->layer, i,
+                                    p[b->offset + i]);
+    }
     return QD_OK;
 }
 
@@ -85,7 +90,7 @@ static int train_recipe(qd_model *m, const qd_synset *s, const qd_eval_opts *o, 
             }
         }
     }
-    rc = check_finite(params, np, "training on the synthetic set", err);
+    rc = check_finite(m, params, "training on the synthetic set", err);
 out:
     free(g);
     free(xb);
@@ -115,7 +120,7 @@ int qd_eval_train(qd_model *m, const qd_synset *s, const qd_eval_opts *o, double
             params[k] -= s->lrs[t] * g[k];
     }
     free(g);
-    return rc ? rc : check_finite(params, np, "replaying the learned steps", err);
+    return rc ? rc : check_finite(m, params, "replaying the learned steps", err);
 }
 
 int qd_eval_real_subset(const qd_synset *s, const qd_dataset *train, const qd_eval_opts *o,
@@ -222,6 +227,54 @@ int qd_eval_tune_lr(qd_model *m, const qd_synset *s, const qd_dataset *train,
                     rc = qd_model_accuracy(m, w, val, o->batch_size, &acc, err);
             }
             qd_synset_free(&sub);
+            sum += acc;
+        }
+        double mean = sum / (double)tm;
+        if (!rc && mean > best) {
+            best = mean;
+            blr = o->lr_grid[g];
+        }
+    }
+    free(w);
+    if (rc)
+        return rc;
+    *best_lr = blr;
+    if (best_val_acc)
+        *best_val_acc = best;
+    return QD_OK;
+}
+
+int qd_eval_tune_set_lr(qd_model *m, const qd_synset *s, const qd_dataset *val,
+                        const qd_eval_opts *o, size_t first, size_t models,
+                        double *best_lr, double *best_val_acc, qd_error *err)
+{
+    if (s->n_lrs != 0)
+        return qd_error_set(err, QD_ERR_INVALID,
+                            "the set replays its learned step sizes: there is no lr to tune");
+    if (!val || val->n == 0)
+        return qd_error_set(err, QD_ERR_INVALID,
+                            "a set without learned step sizes is trained at a constant lr "
+                            "tuned on a validation split: set dataset.validation (e.g. 5000)");
+    if (o->n_lr_grid == 0)
+        return qd_error_set(err, QD_ERR_INVALID, "evaluate.lr_grid is empty");
+    size_t np = qd_model_n_params(m);
+    double *w = malloc(np * sizeof *w);
+    if (!w)
+        return qd_error_set(err, QD_ERR_NOMEM, "out of memory");
+    size_t tm = models ? models : 1;
+    double best = -1.0, blr = o->lr_grid[0];
+    int rc = QD_OK;
+    for (size_t g = 0; g < o->n_lr_grid && !rc; ++g) {
+        double sum = 0.0;
+        for (size_t i = 0; i < tm && !rc; ++i) {
+            double acc = 0.0;
+            rc = qd_eval_init(m, o, first + i, w, err);
+            if (!rc) {
+                qd_error e2;
+                /* a diverging candidate scores zero rather than failing */
+                if (qd_eval_train(m, s, o, o->lr_grid[g], w, &e2) == QD_OK)
+                    rc = qd_model_accuracy(m, w, val, o->batch_size, &acc, err);
+            }
             sum += acc;
         }
         double mean = sum / (double)tm;

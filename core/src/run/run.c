@@ -18,6 +18,7 @@
 #include "qdistill/log.h"
 #include "qdistill/npy.h"
 #include "qdistill/png_grid.h"
+#include "qdistill/progress.h"
 #include "qdistill/run.h"
 #include "qdistill/schema.h"
 #include "qdistill/train.h"
@@ -170,6 +171,9 @@ typedef struct run_state {
     double *acc_distilled, *acc_subset, *acc_untrained;
     double tuned_lr, tuned_val;
     int tuned;
+    /* the constant lr of a distilled set without learned step sizes */
+    double set_lr, set_val;
+    int set_tuned;
     uint64_t exec_distilled_training;   /* executions of one evaluation training */
 } run_state;
 
@@ -239,6 +243,10 @@ static int save_checkpoint(run_ctx *c, run_state *s, qd_error *err)
     qd_blob_put_f64(&meta, s->tuned_lr);
     qd_blob_put_f64(&meta, s->tuned_val);
     qd_blob_put_u64(&meta, s->exec_distilled_training);
+    /* appended last: checkpoints without it still restore */
+    qd_blob_put_u32(&meta, (uint32_t)s->set_tuned);
+    qd_blob_put_f64(&meta, s->set_lr);
+    qd_blob_put_f64(&meta, s->set_val);
     if (meta.failed)
         rc = qd_error_set(err, QD_ERR_NOMEM, "out of memory writing the checkpoint");
     if (!rc)
@@ -330,6 +338,12 @@ static int load_checkpoint(run_ctx *c, run_state *s, qd_error *err)
     if (!rc) rc = qd_blob_get_f64(&r, &s->tuned_lr, err);
     if (!rc) rc = qd_blob_get_f64(&r, &s->tuned_val, err);
     if (!rc) rc = qd_blob_get_u64(&r, &s->exec_distilled_training, err);
+    if (!rc && r.pos < r.len) {
+        rc = qd_blob_get_u32(&r, &u, err);
+        s->set_tuned = (int)u;
+        if (!rc) rc = qd_blob_get_f64(&r, &s->set_lr, err);
+        if (!rc) rc = qd_blob_get_f64(&r, &s->set_val, err);
+    }
     if (!rc && s->phase == PHASE_DISTILL && c->dist) {
         rc = qd_ckpt_section(ck, "distiller", &data, &len, err);
         if (!rc) {
@@ -362,6 +376,12 @@ static int val_score(run_ctx *c, const qd_synset *s, size_t models, double *acc,
     o.models = models;
     o.init_mode = s->init_mode;
     o.stop = NULL;
+    /* a set without learned step sizes is scored at its best lr of the
+     * grid, as it will be evaluated (validation models' index range) */
+    if (s->n_lrs == 0) {
+        double lr;
+        return qd_eval_tune_set_lr(c->x.model, s, val, &o, 200000, models, &lr, acc, err);
+    }
     double *w = malloc(c->n_params * sizeof *w);
     if (!w)
         return qd_error_set(err, QD_ERR_NOMEM, "out of memory");
@@ -453,23 +473,30 @@ static int phase_distill(run_ctx *c, run_state *s, qd_error *err)
     qd_sim_stats st0;
     qd_model_quantum_stats(c->x.model, &st0);
     uint64_t last_ckpt = s->iteration;
+    qd_progress *prog = qd_progress_begin("distill", n_iter, s->iteration, NULL);
+    if (s->has_best)
+        qd_progress_set_eval(prog, "best val acc", s->best_val);
     for (uint64_t it = s->iteration; it < n_iter; ++it) {
         double t0 = now_s();
         qd_distill_metrics met;
         memset(&met, 0, sizeof met);
         rc = c->dvt->iterate(qd_instance_self(c->dist), &c->dctx, it, &met);
+        /* what a numerical failure leaves behind (last_ckpt 0: nothing yet) */
+        char kept[96];
+        if (last_ckpt)
+            snprintf(kept, sizeof kept, "the last good checkpoint, iteration %llu, is kept",
+                     (unsigned long long)last_ckpt);
+        else
+            snprintf(kept, sizeof kept, "no checkpoint was written yet");
         if (rc) {
             rc = qd_instance_error(c->dist, rc, err);
             if (rc == QD_ERR_NUMERIC)
-                qd_error_prefix(err, "iteration %llu (the last good checkpoint, iteration %llu, "
-                                "is kept)", (unsigned long long)it, (unsigned long long)last_ckpt);
+                qd_error_prefix(err, "iteration %llu (%s)", (unsigned long long)it, kept);
             break;
         }
         if (!isfinite(met.loss)) {
-            rc = qd_error_set(err, QD_ERR_NUMERIC,
-                              "outer loss is %g at iteration %llu; stopping (the last good "
-                              "checkpoint, iteration %llu, is kept)",
-                              met.loss, (unsigned long long)it, (unsigned long long)last_ckpt);
+            rc = qd_error_set(err, QD_ERR_NUMERIC, "outer loss is %g at iteration %llu; stopping "
+                              "(%s)", met.loss, (unsigned long long)it, kept);
             break;
         }
         double val = NAN;
@@ -510,14 +537,19 @@ static int phase_distill(run_ctx *c, run_state *s, qd_error *err)
             break;
         s->csv_rows++;
         s->iteration = it + 1;
+        qd_progress_set_loss(prog, met.loss);
+        if (!isnan(val))
+            qd_progress_set_eval(prog, "val acc", val);
+        qd_progress_update(prog, s->iteration);
+        /* the details behind the progress line, for --verbose and log.txt */
         if (now_s() - t_log > 10.0 || last || it == 0) {
             t_log = now_s();
             if (isnan(val))
-                qd_log(QD_LOG_INFO, "iteration %llu/%llu  loss %.4f  lr %.4g [%.4g, %.4g]",
+                qd_log(QD_LOG_DEBUG, "iteration %llu/%llu  loss %.4f  lr %.4g [%.4g, %.4g]",
                        (unsigned long long)(it + 1), (unsigned long long)n_iter, met.loss,
                        met.lr_mean, met.lr_min, met.lr_max);
             else
-                qd_log(QD_LOG_INFO, "iteration %llu/%llu  loss %.4f  lr %.4g  val acc %.4f "
+                qd_log(QD_LOG_DEBUG, "iteration %llu/%llu  loss %.4f  lr %.4g  val acc %.4f "
                        "(best %.4f at %llu)", (unsigned long long)(it + 1),
                        (unsigned long long)n_iter, met.loss, met.lr_mean, val, s->best_val,
                        (unsigned long long)s->best_iteration);
@@ -561,6 +593,7 @@ static int phase_distill(run_ctx *c, run_state *s, qd_error *err)
             }
         }
     }
+    qd_progress_end(prog);
     qd_csv_close(csv);
     return rc;
 }
@@ -646,6 +679,11 @@ static int phase_evaluate(run_ctx *c, run_state *s, qd_eval_opts *o, int baselin
     size_t n_untrained = o->init_mode == QD_INIT_FIXED ? 1 : c->n_models;
     qd_log(QD_LOG_INFO, "evaluating: %zu models on %zu synthetic images, init %s", c->n_models,
            qd_synset_count(syn), o->init_mode == QD_INIT_FIXED ? "fixed" : "random");
+    qd_progress_opts po = {.unit = "model"};
+    qd_progress *prog = qd_progress_begin("evaluate", (uint64_t)c->n_models * (baselines ? 2 : 1),
+                                          s->eval_done_distilled + s->eval_done_subset, &po);
+    qd_progress_set_note(prog, s->eval_done_distilled < c->n_models ? "distilled set"
+                                                                    : "random subset");
     /* untrained baseline */
     for (size_t i = s->eval_done_untrained; i < n_untrained && !rc; ++i) {
         if (!(rc = qd_eval_init(c->x.model, o, i, w, err)))
@@ -654,12 +692,25 @@ static int phase_evaluate(run_ctx *c, run_state *s, qd_eval_opts *o, int baselin
         if (!rc)
             s->eval_done_untrained = i + 1;
     }
+    /* a set without learned step sizes trains at a constant lr tuned on
+     * the validation split (its own index range), like the baseline */
+    if (!rc && syn->n_lrs == 0 && !s->set_tuned && s->eval_done_distilled < c->n_models) {
+        qd_eval_opts to = *o;
+        to.stop = NULL;
+        rc = qd_eval_tune_set_lr(c->x.model, syn, &c->x.data.val, &to, 300000,
+                                 o->tune_models, &s->set_lr, &s->set_val, err);
+        if (!rc) {
+            s->set_tuned = 1;
+            qd_log(QD_LOG_INFO, "distilled set: lr %g (validation accuracy %.4f)", s->set_lr,
+                   s->set_val);
+        }
+    }
     /* the distilled set */
     for (size_t i = s->eval_done_distilled; i < c->n_models && !rc; ++i) {
         qd_sim_stats a, b;
         qd_model_quantum_stats(c->x.model, &a);
         if (!(rc = qd_eval_init(c->x.model, o, i, w, err)))
-            rc = qd_eval_train(c->x.model, syn, o, s->tuned ? s->tuned_lr : 0.01, w, err);
+            rc = qd_eval_train(c->x.model, syn, o, s->set_tuned ? s->set_lr : 0.0, w, err);
         qd_model_quantum_stats(c->x.model, &b);
         if (i == 0)
             s->exec_distilled_training = b.executions - a.executions;
@@ -673,6 +724,10 @@ static int phase_evaluate(run_ctx *c, run_state *s, qd_eval_opts *o, int baselin
             rc = save_checkpoint(c, s, err);
             qd_log(QD_LOG_INFO, "  distilled set, model %zu/%zu: test accuracy %.4f", i + 1,
                    c->n_models, s->acc_distilled[i]);
+            qd_progress_set_eval(prog, "test acc", s->acc_distilled[i]);
+            if (i + 1 == c->n_models)
+                qd_progress_set_note(prog, baselines ? "random subset" : NULL);
+            qd_progress_update(prog, s->eval_done_distilled + s->eval_done_subset);
         }
         if (!rc && c->stop && *c->stop)
             rc = QD_ERR_INTERRUPTED;
@@ -720,6 +775,8 @@ static int phase_evaluate(run_ctx *c, run_state *s, qd_eval_opts *o, int baselin
                 s->evaluate_seconds += now_s() - t0;
                 t0 = now_s();
                 rc = save_checkpoint(c, s, err);
+                qd_progress_set_eval(prog, "subset acc", s->acc_subset[i]);
+                qd_progress_update(prog, s->eval_done_distilled + s->eval_done_subset);
             }
             if (!rc && c->stop && *c->stop)
                 rc = QD_ERR_INTERRUPTED;
@@ -727,6 +784,7 @@ static int phase_evaluate(run_ctx *c, run_state *s, qd_eval_opts *o, int baselin
     }
     s->evaluate_seconds += now_s() - t0;
     free(w);
+    qd_progress_end(prog);
     if (rc == QD_ERR_INTERRUPTED) {
         /* every finished model is in the checkpoint; one cut short is redone */
         int r2 = save_checkpoint(c, s, err);
@@ -846,6 +904,12 @@ static int write_distill_result(run_ctx *c, run_state *s, const qd_eval_opts *o,
     qd_json_end_object(j);
 
     json_stats(j, "distilled", s->acc_distilled, c->n_models);
+    if (s->set_tuned) {
+        qd_json_key(j, "distilled_lr");
+        qd_json_number(j, s->set_lr);
+        qd_json_key(j, "distilled_lr_val_acc");
+        qd_json_number(j, s->set_val);
+    }
     qd_json_key(j, "baselines");
     qd_json_begin_object(j);
     json_stats(j, "untrained", s->acc_untrained, n_untrained);
@@ -925,9 +989,26 @@ static int write_distill_result(run_ctx *c, run_state *s, const qd_eval_opts *o,
     return rc;
 }
 
+typedef struct train_watch {
+    run_ctx *c;
+    qd_progress *prog;   /* begun at the first batch, when the total is known */
+} train_watch;
+
 static int train_progress(const qd_train_progress *p, void *user)
 {
-    run_ctx *c = user;
+    train_watch *tw = user;
+    run_ctx *c = tw->c;
+    if (!tw->prog) {
+        qd_progress_opts po = {.unit = "batch"};
+        tw->prog = qd_progress_begin("train", (uint64_t)p->epochs * p->n_batches,
+                                     (uint64_t)p->epoch * p->n_batches, &po);
+    }
+    qd_progress_set_loss(tw->prog, p->loss);
+    if (p->end_of_epoch && !isnan(p->test_acc))
+        qd_progress_set_eval(tw->prog, "test acc", p->test_acc);
+    qd_progress_set_note(tw->prog, "epoch %zu/%zu", p->epoch + 1, p->epochs);
+    qd_progress_update(tw->prog, (uint64_t)p->epoch * p->n_batches +
+                                     (p->end_of_epoch ? p->n_batches : p->batch + 1));
     if (p->end_of_epoch)
         qd_log(QD_LOG_INFO, "epoch %zu/%zu  loss %.4f  train acc %.4f  test acc %.4f  lr %.4g",
                p->epoch + 1, p->epochs, p->loss, p->acc, p->test_acc, p->lr);
@@ -945,8 +1026,10 @@ static int phase_train(run_ctx *c, qd_error *err)
     qd_sim_stats a, b;
     qd_model_quantum_stats(c->x.model, &a);
     qd_log(QD_LOG_INFO, "training on %zu images", c->x.data.train.n);
+    train_watch tw = {c, NULL};
     int rc = qd_train(c->x.model, c->init_params, &c->x.data.train, &c->x.data.test, sec, &rng,
-                      train_progress, c, &res, err);
+                      train_progress, &tw, &res, err);
+    qd_progress_end(tw.prog);
     qd_model_quantum_stats(c->x.model, &b);
     double secs = now_s() - t0;
     if (rc) {
@@ -955,6 +1038,18 @@ static int phase_train(run_ctx *c, qd_error *err)
             qd_error_set(err, rc, "training interrupted (full-data training restarts from "
                          "scratch when re-run)");
         return rc;
+    }
+    if (res.trajectory) {   /* train.save_trajectory: an expert for trajectory matching */
+        const size_t shape[2] = {res.epochs_done + 1, c->n_params};
+        char *tp = qd_rundir_file(c->rd, "trajectory.npy");
+        rc = tp ? qd_npy_write(tp, QD_NPY_F8, shape, 2, res.trajectory, err)
+                : qd_error_set(err, QD_ERR_NOMEM, "out of memory");
+        free(tp);
+        if (rc) {
+            qd_train_result_free(&res);
+            return rc;
+        }
+        qd_log(QD_LOG_INFO, "expert trajectory: trajectory.npy (%zu x %zu)", shape[0], shape[1]);
     }
     qd_json *j;
     if ((rc = qd_json_create(&j, err))) {
@@ -1176,6 +1271,7 @@ int qd_run_execute(const qd_manifest *m, const qd_registry *reg, qd_rundir *rd,
     c.dctx.rng = qd_instance_host(c.dist)->rng(qd_instance_host(c.dist));
     c.dctx.init_rng = &c.init_rng;
     c.dctx.threads = c.x.threads;
+    c.dctx.run_dir = rd->path;
     if ((rc = c.dvt->start(qd_instance_self(c.dist), &c.dctx))) {
         rc = qd_instance_error(c.dist, rc, err);
         goto out;
@@ -1223,9 +1319,7 @@ static int read_npy(const qd_rundir *rd, const char *name, qd_npy_dtype dtype, s
                           "'%s' one", p, ndim, qd_npy_dtype_descr(dtype), a->ndim,
                           qd_npy_dtype_descr(a->dtype));
         qd_npy_free(a);
-    } else if (rc) {
-        qd_error_prefix(err, "%s", p);
-    }
+    }   /* qd_npy_read's own errors already name the file */
     free(p);
     return rc;
 }
