@@ -273,7 +273,7 @@ Test(sweep, manifest_grid_command_line_and_validation)
              lines + 3);
     cr_expect(strstr(err, want), "%s\nwant %s", err, want);
     snprintf(want, sizeof want, "%s:%zu:23: sweep.grid.evaluate.models: each value must be a "
-                                "scalar", man, lines + 4);
+                                "scalar or a mapping", man, lines + 4);
     cr_expect(strstr(err, want), "%s\nwant %s", err, want);
     snprintf(want, sizeof want, "%s:%zu:20: sweep.grid.distill.steps: 'range(3, 3)' is empty",
              man, lines + 5);
@@ -281,6 +281,57 @@ Test(sweep, manifest_grid_command_line_and_validation)
     snprintf(want, sizeof want, "%s:%zu:3: sweep: unknown key 'order'", man, lines + 6);
     cr_expect(strstr(err, want), "%s\nwant %s", err, want);
     cr_expect(!exists(g_tmp, "never"));
+    free(err);
+    free(text);
+    rm_tmp();
+}
+
+/* A grid over whole sections (how experiments/compare-distillers.yaml
+ * compares distillers whose keys differ): each mapping is one value, named
+ * by its plugin (repeated plugins get -<position>), combined with nested
+ * keys of the same section; the jobs run and land in the table by plugin. */
+Test(sweep, mapping_values_swap_whole_sections)
+{
+    make_tmp();
+    char src[600], man[600];
+    snprintf(src, sizeof src, "%s/" TINY, srcdir());
+    snprintf(man, sizeof man, "%s/m.yaml", g_tmp);
+    char *text = slurp(src);
+    FILE *f = fopen(man, "w");
+    cr_assert(f);
+    fprintf(f, "%ssweep:\n  grid:\n    distill:\n"
+               "      - {plugin: performance_matching, steps: 1, epochs: 2, iterations: 3,\n"
+               "         validate_every: 0, checkpoint_every: 10}\n"
+               "      - {plugin: random_subset}\n"
+               "      - {plugin: random_subset, images_per_class: 3}\n"
+               "    distill.images_per_class: [1, 2]\n",
+            text);
+    fclose(f);
+    char *out, *err;
+    cr_expect_eq(qd(&out, &err, "sweep %s --dry-run", man), 0, "%s", err);
+    cr_expect_str_eq(out, "distill=performance_matching,distill.images_per_class=1\n"
+                          "distill=performance_matching,distill.images_per_class=2\n"
+                          "distill=random_subset,distill.images_per_class=1\n"
+                          "distill=random_subset,distill.images_per_class=2\n"
+                          "distill=random_subset-3,distill.images_per_class=1\n"
+                          "distill=random_subset-3,distill.images_per_class=2\n");
+    free(out);
+    free(err);
+    char sw[700];
+    snprintf(sw, sizeof sw, "%s/sw", g_tmp);
+    cr_assert_eq(qd(NULL, &err, "sweep %s distill.images_per_class=2 --out %s -j 2", man, sw), 0,
+                 "%s", err);
+    free(err);
+    /* the nested key applies after the section: 2 images per class each */
+    char p[900];
+    snprintf(p, sizeof p, "%s/distill=random_subset-3/result.json", sw);
+    char *r = slurp(p);
+    cr_expect(strstr(r, "\"images\": 8"), "%s", r);
+    free(r);
+    cr_assert_eq(qd(&out, &err, "table %s --rows distill.plugin --value distiller.images",
+                    sw), 0, "%s", err);
+    cr_expect(strstr(out, "performance_matching") && strstr(out, "random_subset"), "%s", out);
+    free(out);
     free(err);
     free(text);
     rm_tmp();

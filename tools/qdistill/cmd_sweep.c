@@ -108,6 +108,16 @@ static int file_exists(const char *dir, const char *name)
 
 /* ---- the job list ---------------------------------------------------- */
 
+/* Order overrides by their key path only ("distill" before "distill.x";
+ * the value never decides). */
+static int cmp_override_key(const void *a, const void *b)
+{
+    const char *x = *(char *const *)a, *y = *(char *const *)b;
+    size_t lx = strcspn(x, "="), ly = strcspn(y, "=");
+    int c = strncmp(x, y, lx < ly ? lx : ly);
+    return c ? c : (lx > ly) - (lx < ly);
+}
+
 static int make_jobs(sweep *s)
 {
     size_t n = 1;
@@ -127,7 +137,8 @@ static int make_jobs(sweep *s)
     s->n_jobs = n;
     size_t *idx = calloc(s->g.n + 1, sizeof *idx);
     const char **keys = calloc(s->g.n + 1, sizeof *keys), **vals = calloc(s->g.n + 1, sizeof *vals);
-    int rc = idx && keys && vals ? 0 : -1;
+    const char **names = calloc(s->g.n + 1, sizeof *names);
+    int rc = idx && keys && vals && names ? 0 : -1;
     for (size_t j = 0; j < n && rc == 0; ++j) {
         job *jb = &s->jobs[j];
         jb->ovr = calloc(s->n_fixed + s->g.n, sizeof *jb->ovr);
@@ -141,6 +152,7 @@ static int make_jobs(sweep *s)
         for (size_t k = 0; k < s->g.n; ++k) {
             keys[k] = s->g.keys[k].key;
             vals[k] = s->g.keys[k].vals[idx[k]];
+            names[k] = grid_label(&s->g.keys[k], idx[k]);
             char *o = malloc(strlen(keys[k]) + strlen(vals[k]) + 2);
             if (!o) {
                 rc = -1;
@@ -149,7 +161,11 @@ static int make_jobs(sweep *s)
             sprintf(o, "%s=%s", keys[k], vals[k]);
             jb->ovr[jb->n_ovr++] = o;
         }
-        jb->name = grid_job_name(keys, vals, s->g.n);
+        /* parents before children whatever their origin: a whole section
+         * (distill={...}) must not wipe a nested key (distill.x=...) given
+         * on the command line or in the grid */
+        qsort(jb->ovr, jb->n_ovr, sizeof *jb->ovr, cmp_override_key);
+        jb->name = grid_job_name(keys, names, s->g.n);
         if (!jb->name)
             rc = -1;
         /* odometer: the last key varies fastest */
@@ -162,6 +178,7 @@ static int make_jobs(sweep *s)
     free(idx);
     free(keys);
     free(vals);
+    free(names);
     return rc;
 }
 

@@ -17,9 +17,13 @@ void grid_free(grid *g)
 {
     for (size_t i = 0; i < g->n; ++i) {
         free(g->keys[i].key);
-        for (size_t j = 0; j < g->keys[i].n; ++j)
+        for (size_t j = 0; j < g->keys[i].n; ++j) {
             free(g->keys[i].vals[j]);
+            if (g->keys[i].labels)
+                free(g->keys[i].labels[j]);
+        }
         free(g->keys[i].vals);
+        free(g->keys[i].labels);
     }
     free(g->keys);
     g->keys = NULL;
@@ -250,7 +254,7 @@ int grid_set(grid *g, const char *key, char **vals, size_t n)
         return -1;
     }
     g->keys = nk;
-    g->keys[g->n++] = (grid_key){k, vals, n};
+    g->keys[g->n++] = (grid_key){k, vals, n, NULL};
     return 0;
 }
 
@@ -263,6 +267,78 @@ void grid_sort(grid *g)
 {
     if (g->n > 1)
         qsort(g->keys, g->n, sizeof *g->keys, cmp_key);
+}
+
+/* Flow-style YAML text of a node: scalars plain unless they hold characters
+ * that would change the flow structure (then double-quoted). */
+static void flow_scalar(FILE *f, const char *v)
+{
+    int quote = *v == '\0' || isspace((unsigned char)v[0]) ||
+                isspace((unsigned char)v[strlen(v) - 1]) || strpbrk(v, ",:{}[]#&*!|>'\"%@`");
+    if (!quote) {
+        fputs(v, f);
+        return;
+    }
+    fputc('"', f);
+    for (; *v; ++v) {
+        if (*v == '"' || *v == '\\')
+            fputc('\\', f);
+        fputc(*v, f);
+    }
+    fputc('"', f);
+}
+
+static void flow(FILE *f, const qd_node *n)
+{
+    switch (qd_node_kind(n)) {
+    case QD_NODE_SCALAR:
+        flow_scalar(f, qd_node_str(n));
+        break;
+    case QD_NODE_SEQ:
+        fputc('[', f);
+        for (size_t i = 0; i < qd_node_len(n); ++i) {
+            fputs(i ? ", " : "", f);
+            flow(f, qd_node_at(n, i));
+        }
+        fputc(']', f);
+        break;
+    case QD_NODE_MAP:
+        fputc('{', f);
+        for (size_t i = 0; i < qd_node_len(n); ++i) {
+            fputs(i ? ", " : "", f);
+            flow_scalar(f, qd_node_key_at(n, i));
+            fputs(": ", f);
+            flow(f, qd_node_at(n, i));
+        }
+        fputc('}', f);
+        break;
+    default:
+        fputs("null", f);
+        break;
+    }
+}
+
+static void labels_free(char **labels, size_t n)
+{
+    if (labels)
+        for (size_t j = 0; j < n; ++j)
+            free(labels[j]);
+    free(labels);
+}
+
+static char *flow_text(const qd_node *n)
+{
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    if (!f)
+        return NULL;
+    flow(f, n);
+    if (fclose(f) != 0) {
+        free(text);
+        return NULL;
+    }
+    return text;
 }
 
 static void add_msg(char ***msgs, size_t *n, const qd_node *at, const char *fmt, ...)
@@ -319,7 +395,7 @@ size_t grid_from_manifest(const qd_node *sweep, grid *g, char ***msgs, size_t *n
             add_msg(msgs, n_msgs, kn, "sweep.grid: '%s' is not a key path: %s", key, err.msg);
             continue;
         }
-        char **vals = NULL;
+        char **vals = NULL, **labels = NULL;
         size_t n = 0;
         char msg[600];
         int ok = 1;
@@ -331,16 +407,60 @@ size_t grid_from_manifest(const qd_node *sweep, grid *g, char ***msgs, size_t *n
         } else if (qd_node_kind(vn) == QD_NODE_SEQ && qd_node_len(vn) > 0) {
             for (size_t j = 0; j < qd_node_len(vn) && ok; ++j) {
                 const qd_node *item = qd_node_at(vn, j);
-                if (qd_node_kind(item) != QD_NODE_SCALAR) {
+                if (qd_node_kind(item) == QD_NODE_MAP) {
+                    /* a whole section per value, named by its plugin */
+                    const qd_node *pl = qd_node_get(item, "plugin");
+                    char lab[128];
+                    if (pl && qd_node_kind(pl) == QD_NODE_SCALAR)
+                        snprintf(lab, sizeof lab, "%s", qd_node_str(pl));
+                    else
+                        snprintf(lab, sizeof lab, "v%zu", j + 1);
+                    for (size_t a = 0; a < n; ++a)
+                        if (labels && labels[a] && strcmp(labels[a], lab) == 0) {
+                            snprintf(lab + strlen(lab), sizeof lab - strlen(lab), "-%zu", j + 1);
+                            break;
+                        }
+                    /* earlier scalar values name themselves (NULL labels) */
+                    char **nl = labels ? realloc(labels, (n + 1) * sizeof *nl)
+                                       : calloc(n + 1, sizeof *nl);
+                    if (!nl || push(&vals, &n, flow_text(item)) != 0) {
+                        if (nl)
+                            labels = nl;
+                        add_msg(msgs, n_msgs, item, "out of memory");
+                        ok = 0;
+                        break;
+                    }
+                    labels = nl;
+                    labels[n - 1] = strdup(lab);
+                    for (size_t a = 0; a + 1 < n; ++a)
+                        if (strcmp(vals[a], vals[n - 1]) == 0) {
+                            add_msg(msgs, n_msgs, item, "sweep.grid.%s: value %zu is listed twice",
+                                    key, j + 1);
+                            ok = 0;
+                        }
+                } else if (qd_node_kind(item) != QD_NODE_SCALAR) {
                     add_msg(msgs, n_msgs, item,
-                            "sweep.grid.%s: each value must be a scalar (a list or mapping "
-                            "cannot name a directory)", key);
+                            "sweep.grid.%s: each value must be a scalar or a mapping (a whole "
+                            "section, named by its plugin)", key);
                     ok = 0;
                 } else {
                     size_t had = n;
                     if (grid_expand(qd_node_str(item), &vals, &n, msg, sizeof msg) != 0) {
                         add_msg(msgs, n_msgs, item, "sweep.grid.%s: %s", key, msg);
                         ok = 0;
+                    }
+                    if (labels && n > had) {   /* scalars name themselves */
+                        char **nl = realloc(labels, n * sizeof *nl);
+                        if (!nl) {
+                            add_msg(msgs, n_msgs, item, "out of memory");
+                            labels_free(labels, had);
+                            labels = NULL;
+                            ok = 0;
+                            break;
+                        }
+                        labels = nl;
+                        for (size_t a = had; a < n; ++a)
+                            labels[a] = NULL;
                     }
                     for (size_t a = 0; ok && a < had; ++a)
                         for (size_t b = had; ok && b < n; ++b)
@@ -358,12 +478,17 @@ size_t grid_from_manifest(const qd_node *sweep, grid *g, char ***msgs, size_t *n
             ok = 0;
         }
         if (ok) {
-            if (grid_set(g, key, vals, n) != 0)
+            if (grid_set(g, key, vals, n) != 0) {
                 add_msg(msgs, n_msgs, vn, "out of memory");
+                labels_free(labels, n);
+            } else {
+                g->keys[g->n - 1].labels = labels;
+            }
         } else {
             for (size_t j = 0; j < n; ++j)
                 free(vals[j]);
             free(vals);
+            labels_free(labels, n);
         }
     }
     return *n_msgs - before;

@@ -7,12 +7,23 @@
 
 #include "qdistill/config.h"
 
-/* One swept key and its values (YAML text, in the order given). */
+/* One swept key and its values (YAML text, in the order given). A value
+ * given as a mapping in a manifest's sweep section (a whole section, e.g.
+ * `distill: [{plugin: a, ...}, {plugin: b, ...}]`) is its flow-style YAML
+ * text; its label (the mapping's `plugin`, else "v<i>") names directories.
+ * labels is NULL, or labels[i] is NULL, when a value names itself. */
 typedef struct grid_key {
     char *key;
     char **vals;
     size_t n;
+    char **labels;
 } grid_key;
+
+/* The text naming value i of k in job directory names. */
+static inline const char *grid_label(const grid_key *k, size_t i)
+{
+    return k->labels && k->labels[i] ? k->labels[i] : k->vals[i];
+}
 
 typedef struct grid {
     grid_key *keys;
