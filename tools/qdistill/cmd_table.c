@@ -5,6 +5,7 @@
  * over the runs that share its configuration, typically the seeds of a
  * sweep. This is how the tables of docs/results.md are made. */
 #define _GNU_SOURCE
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,12 +19,24 @@
 typedef struct cell {
     double *v;
     size_t n;
+    double run_std;   /* the one run's own <value>_std (NAN when none) */
 } cell;
 
 typedef enum { FMT_TEXT, FMT_MARKDOWN, FMT_CSV } fmt;
 
+/* Several runs: mean ± std over them. One run whose result carries
+ * <value>_std (e.g. distilled.test_acc_std, over its evaluation models):
+ * its value ± that std, so a single run's spread is not shown as 0. */
 static void cell_text(char *buf, size_t len, const cell *c, int pct, size_t all)
 {
+    if (c->n == 1 && !isnan(c->run_std)) {
+        double m = c->v[0], sd = c->run_std;
+        int w = pct ? snprintf(buf, len, "%.2f ± %.2f", 100 * m, 100 * sd)
+                    : snprintf(buf, len, "%.4g ± %.2g", m, sd);
+        if (all > 1 && w > 0 && (size_t)w < len)
+            snprintf(buf + w, len - (size_t)w, " (n=1)");
+        return;
+    }
     results_cell_text(buf, len, c->v, c->n, pct, all);
 }
 
@@ -112,10 +125,11 @@ int cmd_table(cli *c, int argc, char **argv)
 
     /* read every run: its configuration and value */
     size_t *ri = calloc(runs.n + 1, sizeof *ri), *ci = calloc(runs.n + 1, sizeof *ci);
-    double *val = calloc(runs.n + 1, sizeof *val);
+    double *val = calloc(runs.n + 1, sizeof *val), *vstd = calloc(runs.n + 1, sizeof *vstd);
     int *ok = calloc(runs.n + 1, sizeof *ok);
+    char *std_path = join2(value, "", "_std");
     rc = EXIT_RUN_FAILED;
-    if (!ri || !ci || !val || !ok)
+    if (!ri || !ci || !val || !vstd || !ok || !std_path)
         goto free_run;
     size_t used = 0;
     for (size_t r = 0; r < runs.n; ++r) {
@@ -138,6 +152,8 @@ int cmd_table(cli *c, int argc, char **argv)
                    qd_json_get_number(json, value, &val[r], &err) != QD_OK) {
             fprintf(stderr, "qdistill table: skipped %s: %s\n", runs.v[r], err.msg);
         } else {
+            if (qd_json_get_number(json, std_path, &vstd[r], NULL) != QD_OK)
+                vstd[r] = NAN;
             char *rl = results_label(qd_config_root(cfg), &rk),
                  *cl = results_label(qd_config_root(cfg), &ck);
             if (!rl || !cl) {
@@ -180,6 +196,7 @@ int cmd_table(cli *c, int argc, char **argv)
         if (!nv)
             goto free_run;
         x->v = nv;
+        x->run_std = x->n == 0 ? vstd[r] : NAN;
         x->v[x->n++] = val[r];
     }
     size_t all = 0;
@@ -293,6 +310,8 @@ free_run:
     free(ri);
     free(ci);
     free(val);
+    free(vstd);
+    free(std_path);
     free(ok);
     goto out;
 bad:
