@@ -140,7 +140,10 @@ Test(progress_cli, terminal_gets_one_status_line_redrawn)
     snprintf(out, sizeof out, "%s/run", g_tmp);
     const char *args[] = {"run", TINY, "distill.iterations=200", "--out", out, NULL};
     char *text;
+    /* the tiny run takes milliseconds: redraw on every update, not 10/s */
+    setenv("QDISTILL_PROGRESS_REDRAW_S", "0", 1);
     int rc = run_captured(1, 120, &text, args);
+    unsetenv("QDISTILL_PROGRESS_REDRAW_S");
     cr_assert_eq(rc, 0, "%s", text);
     /* redraws in place: carriage return + clear to end of line, a bar */
     size_t redraws = count(text, "\r\033[Kdistill [");

@@ -218,6 +218,15 @@ qd_progress *qd_progress_begin(const char *label, uint64_t total, uint64_t done,
         p->o.line_every_frac = 0.1;
     if (!(p->o.redraw_every_s > 0))
         p->o.redraw_every_s = 0.1;
+    /* QDISTILL_PROGRESS_REDRAW_S: another redraw period (0 = every update),
+     * for slow terminals and for tests whose runs finish in milliseconds */
+    const char *env = getenv("QDISTILL_PROGRESS_REDRAW_S");
+    if (env && *env) {
+        char *end;
+        double v = strtod(env, &end);
+        if (*end == '\0' && v >= 0 && v < 3600)
+            p->o.redraw_every_s = v;
+    }
     snprintf(p->label, sizeof p->label, "%s", label ? label : "progress");
     snprintf(p->unit, sizeof p->unit, "%s", p->o.unit && *p->o.unit ? p->o.unit : "it");
     p->o.unit = NULL;
