@@ -404,3 +404,27 @@ Test(evaluate, sets_without_learned_steps_train_at_a_tuned_lr)
     cr_expect(tuned > untrained + 0.2, "tuned %g vs untrained %g", tuned, untrained);
     teardown();
 }
+
+/* At a constant lr that diverges, a set without learned step sizes scores
+ * its models 0 with a warning (the rule the random-subset baseline follows),
+ * instead of failing the whole run after its distillation. */
+Test(evaluate, diverging_tuned_lr_scores_zero_not_a_failed_run)
+{
+    snprintf(g_tmp, sizeof g_tmp, "/tmp/qd_eval_XXXXXX");
+    cr_assert(mkdtemp(g_tmp));
+    snprintf(g_run, sizeof g_run, "%s/run", g_tmp);
+    char *err;
+    int rc = qd(NULL, &err,
+                "run tests/cli/manifests/tiny-distill.yaml 'distill={plugin: random_subset, "
+                "images_per_class: 5}' evaluate.recipe_epochs=20 'evaluate.lr_grid=[1e30]' "
+                "--out '%s'", g_run);
+    cr_assert_eq(rc, 0, "%s", err);
+    cr_expect(strstr(err, "failed") && strstr(err, "scored 0"), "%s", err);
+    free(err);
+    qd_json_value *r = read_json(g_run, "result.json");
+    double acc = -1;
+    cr_expect_eq(qd_json_get_number(r, "distilled.test_acc", &acc, NULL), 0);
+    cr_expect_eq(acc, 0.0);
+    qd_json_value_free(r);
+    teardown();
+}

@@ -709,12 +709,31 @@ static int phase_evaluate(run_ctx *c, run_state *s, qd_eval_opts *o, int baselin
     for (size_t i = s->eval_done_distilled; i < c->n_models && !rc; ++i) {
         qd_sim_stats a, b;
         qd_model_quantum_stats(c->x.model, &a);
-        if (!(rc = qd_eval_init(c->x.model, o, i, w, err)))
-            rc = qd_eval_train(c->x.model, syn, o, s->set_tuned ? s->set_lr : 0.0, w, err);
+        int diverged = 0;
+        if (!(rc = qd_eval_init(c->x.model, o, i, w, err))) {
+            if (syn->n_lrs == 0) {
+                /* a constant lr picked on one tuning model may diverge on
+                 * another init: scored as a failure, as the random-subset
+                 * baseline is under the same rule (learned steps that
+                 * diverge stay an error: they are the set's own) */
+                qd_error e2;
+                int tr = qd_eval_train(c->x.model, syn, o, s->set_lr, w, &e2);
+                if (tr == QD_ERR_INTERRUPTED) {
+                    rc = tr;
+                } else if (tr != QD_OK) {
+                    diverged = 1;
+                    s->acc_distilled[i] = 0.0;
+                    qd_log(QD_LOG_WARN, "distilled set, model %zu/%zu: training at lr %g "
+                           "failed (%s); scored 0", i + 1, c->n_models, s->set_lr, e2.msg);
+                }
+            } else {
+                rc = qd_eval_train(c->x.model, syn, o, 0.0, w, err);
+            }
+        }
         qd_model_quantum_stats(c->x.model, &b);
         if (i == 0)
             s->exec_distilled_training = b.executions - a.executions;
-        if (!rc)
+        if (!rc && !diverged)
             rc = qd_model_accuracy(c->x.model, w, &c->x.data.test, o->batch_size,
                                    &s->acc_distilled[i], err);
         if (!rc) {
