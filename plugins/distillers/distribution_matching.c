@@ -318,31 +318,14 @@ static int start(void *self, const qd_distill_ctx *ctx)
     const qd_host *h = p->host;
     free_state(p);
     p->broken = 0;
-    if (!ctx || ctx->struct_size < sizeof(qd_distill_ctx) || !ctx->model ||
-        !ctx->train || !ctx->rng || !ctx->init_rng)
-        return h->error(h, QD_ERR_INVALID,
-                        "start: incomplete distillation context");
+    int crc = qd_distill_check_ctx(h, ctx, sizeof(qd_distill_ctx), !p->init_random);
+    if (crc)
+        return crc;
     const qd_dataset *d = ctx->train;
     qd_model *m = ctx->model;
     p->n_params = qd_model_n_params(m);
     p->in_size = qd_model_input_size(m);
     p->classes = qd_model_n_classes(m);
-    if (d->n == 0 || !d->images || !d->labels)
-        return h->error(h, QD_ERR_INVALID, "start: the training set is empty");
-    if (qd_dataset_sample_size(d) != p->in_size || d->classes != p->classes)
-        return h->error(h, QD_ERR_INVALID,
-                        "start: training images are %zux%zux%zu with %zu "
-                        "classes, the model expects %zu inputs and %zu "
-                        "classes", d->channels, d->height, d->width,
-                        d->classes, p->in_size, p->classes);
-    if (!p->init_random && (!ctx->init_params || ctx->n_params != p->n_params))
-        return h->error(h, QD_ERR_INVALID,
-                        "start: model_init: fixed needs the fixed "
-                        "initialisation (%zu parameters, got %zu)",
-                        p->n_params, ctx->init_params ? ctx->n_params : 0);
-    if (d->n > UINT32_MAX)
-        return h->error(h, QD_ERR_INVALID, "start: %zu training images is "
-                        "more than this distiller indexes", d->n);
     int rc;
     if ((rc = resolve_embedding(p, m)) || (rc = group_classes(p, d))) {
         free_state(p);

@@ -67,6 +67,14 @@ QD_EXPORT void qd_synset_free(qd_synset *s);
 QD_EXPORT int qd_synset_copy(const qd_synset *src, qd_synset *dst, qd_error *err);
 static inline size_t qd_synset_count(const qd_synset *s) { return s->steps * s->per_step; }
 
+/* The checks every distiller's start() makes, with one message each: the
+ * context is complete (struct_size >= min_size, model, data, both streams),
+ * the training set is non-empty and fits the model's input and classes, the
+ * fixed initialisation is present when fixed_init, and the set is indexable
+ * by 32 bits. Returns QD_OK or host->error()'s code. */
+QD_EXPORT int qd_distill_check_ctx(const qd_host *h, const qd_distill_ctx *ctx,
+                                   size_t min_size, int fixed_init);
+
 /* ------------------------------------------------------------------------
  * Unrolled inner training and its exact meta-gradient (performance matching,
  * trajectory matching). Second-order products are central finite
