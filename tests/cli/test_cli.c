@@ -185,7 +185,7 @@ Test(cli, describe_model_and_circuit)
     make_tmp();
     char *out;
     cr_assert_eq(qd(&out, NULL, "describe-model experiments/quickstart.yaml --input 1x28x28"), 0);
-    cr_expect(strstr(out, "59345"), "quantum LeNet on MNIST has 59345 parameters:\n%s", out);
+    cr_expect(strstr(out, "59235"), "quantum LeNet on MNIST has 59235 parameters:\n%s", out);
     free(out);
     cr_assert_eq(qd(&out, NULL, "describe-model experiments/cifar10-qlenet-trainable.yaml "
                                 "--input 3x32x32"), 0);
