@@ -133,6 +133,20 @@ static void expect_no_outputs(const char *what, const char *dir)
               "%s: %s holds more than the bookkeeping:\n%s", what, dir, names);
 }
 
+/* The run directory's log.txt records why the run failed. */
+static void expect_log_has(const char *what, const char *dir, const char *needle)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/log.txt", dir);
+    FILE *f = fopen(path, "rb");
+    cr_assert(f, "%s: no %s", what, path);
+    static char buf[1 << 16];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+    cr_expect(strstr(buf, needle), "%s: '%s' not in %s:\n%s", what, needle, path, buf);
+}
+
 /* ---- tiny data sets in the real file formats ---- */
 
 /* Pixels of sample i: class i % 4 lights up its own 4x4 quadrant of an 8x8
@@ -808,6 +822,7 @@ Test(hostile, nan_gradient_in_training_names_the_layer, .timeout = 120)
                      "non-finite gradient of 'observable' in layer 'q' (entry 0) at epoch 1, "
                      "batch 4");
     free(err);
+    expect_log_has("train-nan", out, "training failed: train: non-finite gradient of 'observable'");
     expect_no_outputs("train-nan", out);
     rm_tmp();
 }
@@ -839,6 +854,7 @@ Test(hostile, nan_gradient_in_distillation_names_the_layer, .timeout = 120)
                          "'observable' of layer 'q' (entry 0) is nan");
         cr_expect(strstr(err, "the last good checkpoint, iteration "), "%s", err);
         free(err);
+        expect_log_has("distill-nan-late", out, "run failed: ");
         cr_expect(exists(out, "checkpoint.qdc") && !exists(out, "result.json"));
     }
     rm_tmp();

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "qdistill/log.h"
 #include "qdistill/run.h"
 
 static int run_or_train(cli *c, int argc, char **argv, int train_only)
@@ -56,6 +57,10 @@ static int run_or_train(cli *c, int argc, char **argv, int train_only)
             /* results on stdout: where they are */
             printf("%s\n", rd.path);
         } else {
+            /* the run directory's log keeps the reason too: it is what a
+             * researcher reads days later, when the terminal is gone */
+            qd_log_to(QD_LOG_TO_FILE, QD_LOG_ERROR, "%s failed: %s",
+                      train_only ? "training" : "run", err.msg);
             fprintf(stderr, "qdistill %s: %s\n", train_only ? "train" : "run", err.msg);
             code = r == QD_ERR_MANIFEST ? EXIT_USAGE : EXIT_RUN_FAILED;
         }
