@@ -121,15 +121,33 @@ int fz_init(void)
         src = QD_SOURCE_ROOT;
     char path[1024];
     mkdir(in_dir("models"), 0700);
-    const char *models[] = {"lenet.yaml", "quantum-lenet.yaml"};
-    for (size_t i = 0; i < 2; ++i) {
-        char name[64];
-        snprintf(path, sizeof path, "%s/experiments/models/%s", src, models[i]);
-        snprintf(name, sizeof name, "models/%s", models[i]);
-        if (copy_in(path, name) != 0) {
-            fprintf(stderr, "fuzz: cannot copy '%s'\n", path);
+    /* every model file the shipped manifests may include */
+    char mdir[1024];
+    snprintf(mdir, sizeof mdir, "%s/experiments/models", src);
+    DIR *md = opendir(mdir);
+    if (!md) {
+        fprintf(stderr, "fuzz: cannot read '%s'\n", mdir);
+        return -1;
+    }
+    size_t copied = 0;
+    for (struct dirent *e; (e = readdir(md));) {
+        size_t l = strlen(e->d_name);
+        if (l <= 5 || l > 200 || strcmp(e->d_name + l - 5, ".yaml") != 0)
+            continue;
+        char name[256], mpath[1280];
+        snprintf(mpath, sizeof mpath, "%s/%s", mdir, e->d_name);
+        snprintf(name, sizeof name, "models/%s", e->d_name);
+        if (copy_in(mpath, name) != 0) {
+            fprintf(stderr, "fuzz: cannot copy '%s'\n", mpath);
+            closedir(md);
             return -1;
         }
+        copied++;
+    }
+    closedir(md);
+    if (copied < 2) {
+        fprintf(stderr, "fuzz: only %zu model files in '%s'\n", copied, mdir);
+        return -1;
     }
     snprintf(path, sizeof path, "%s/experiments/mnist-qlenet-trainable.yaml", src);
     if (copy_in(path, "base.yaml") != 0) {
