@@ -136,15 +136,10 @@ static void expect_no_outputs(const char *what, const char *dir)
 /* The run directory's log.txt records why the run failed. */
 static void expect_log_has(const char *what, const char *dir, const char *needle)
 {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/log.txt", dir);
-    FILE *f = fopen(path, "rb");
-    cr_assert(f, "%s: no %s", what, path);
-    static char buf[1 << 16];
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    buf[n] = '\0';
-    fclose(f);
-    cr_expect(strstr(buf, needle), "%s: '%s' not in %s:\n%s", what, needle, path, buf);
+    char *log = slurp(P("%s/log.txt", dir));
+    cr_assert(log, "%s: no %s/log.txt", what, dir);
+    cr_expect(strstr(log, needle), "%s: '%s' not in %s/log.txt:\n%s", what, needle, dir, log);
+    free(log);
 }
 
 /* ---- tiny data sets in the real file formats ---- */
