@@ -203,6 +203,19 @@ Test(cli, describe_model_and_circuit)
                                 "--input 3x32x32"), 0);
     cr_expect(strstr(out, "6 x 28 x 28"), "32x32 input: the first conv pads 0:\n%s", out);
     free(out);
+    /* model.file swaps the model from the command line, relative to the
+     * manifest (observable=null drops the section LeNet has no use for) */
+    cr_assert_eq(qd(&out, NULL, "describe-model experiments/quickstart.yaml "
+                                "model.file=models/lenet.yaml observable=null"), 0);
+    cr_expect(strstr(out, "61706") && strstr(out, "fc3"), "LeNet has 61706 parameters:\n%s",
+              out);
+    free(out);
+    char *err;
+    cr_expect_eq(qd(&out, &err, "describe-model experiments/quickstart.yaml "
+                                "model.file=models/lenet.yaml"), 2);
+    cr_expect(strstr(err, "the top-level 'observable' section has no effect"), "%s", err);
+    free(out);
+    free(err);
     cr_assert_eq(qd(&out, NULL, "describe-circuit experiments/quickstart.yaml --input 1x28x28"), 0);
     cr_expect(strstr(out, "StatePrep") && strstr(out, "Rot(") && strstr(out, "CNOT"), "%s", out);
     free(out);

@@ -337,6 +337,49 @@ Test(sweep, mapping_values_swap_whole_sections)
     rm_tmp();
 }
 
+/* model.file as a sweep axis: each point includes its file relative to the
+ * manifest, and the table tells the points apart by the override although
+ * the resolved manifests hold no `file` key. */
+Test(sweep, model_files_are_a_sweep_axis)
+{
+    make_tmp();
+    char src[600], path[700];
+    snprintf(src, sizeof src, "%s/" TINY, srcdir());
+    char *text = slurp(src);
+    snprintf(path, sizeof path, "%s/m.yaml", g_tmp);
+    FILE *f = fopen(path, "w");
+    cr_assert(f);
+    fputs(text, f);
+    fclose(f);
+    free(text);
+    snprintf(path, sizeof path, "%s/conv.yaml", g_tmp);
+    cr_assert(f = fopen(path, "w"));
+    fputs("layers:\n  - {name: c1, type: conv2d, out_channels: 4, kernel: 3, padding: 1}\n"
+          "  - {type: relu}\n  - {type: maxpool2d, kernel: 2}\n  - {type: flatten}\n"
+          "  - {name: out, type: linear, out: 4}\n", f);
+    fclose(f);
+    snprintf(path, sizeof path, "%s/linear.yaml", g_tmp);
+    cr_assert(f = fopen(path, "w"));
+    fputs("layers:\n  - {type: flatten}\n  - {name: out, type: linear, out: 4}\n", f);
+    fclose(f);
+    char *out, *err, sw[700];
+    snprintf(sw, sizeof sw, "%s/sw", g_tmp);
+    cr_assert_eq(qd(NULL, &err, "sweep %s/m.yaml model.file=conv.yaml,linear.yaml "
+                                "distill.iterations=3 evaluate.models=1 --out %s -j 2",
+                    g_tmp, sw), 0, "%s", err);
+    free(err);
+    /* parameters counted here: conv 4*(1*3*3)+4 = 40, linear 4*(4*4*4)+4 = 260;
+     * flat linear 4*(8*8)+4 = 260 */
+    cr_expect_eq(result_value(sw, "model.file=conv.yaml", "model.params"), 300);
+    cr_expect_eq(result_value(sw, "model.file=linear.yaml", "model.params"), 260);
+    cr_assert_eq(qd(&out, &err, "table %s --rows model.file --value model.params "
+                                "--format csv", sw), 0, "%s", err);
+    cr_expect(strstr(out, "\nconv.yaml,1,300,") && strstr(out, "\nlinear.yaml,1,260,"), "%s", out);
+    free(out);
+    free(err);
+    rm_tmp();
+}
+
 Test(sweep, bad_grids_exit_2_before_anything_starts)
 {
     make_tmp();

@@ -780,6 +780,87 @@ Test(config, set_errors)
     qd_config_destroy(c);
 }
 
+/* `a.file=PATH` swaps a whole included mapping (e.g. the model) from the
+ * command line: PATH is resolved against the manifest's directory, not the
+ * working directory, the old mapping and its sibling keys go, and the new
+ * nodes keep their place in PATH so later errors point into it. */
+static void expect_same(const qd_node *a, const qd_node *b, const char *path, int depth);
+
+Test(config, set_file_include)
+{
+    make_tmpdir();
+    write_tmp_str("a.yaml", "layers: [a1, a2]\nwidth: 3\n");
+    write_tmp_str("b.yaml", "kind: b\nhead: {file: c.yaml, extra: 2}\n");
+    write_tmp_str("c.yaml", "n: 7\n");
+    write_tmp_str("list.yaml", "- 1\n- 2\n");
+    const char *mpath = write_tmp_str("m.yaml", "name: x\nmodel: {file: a.yaml, alpha: 1}\n");
+    qd_config *c = NULL;
+    qd_error e;
+    cr_assert_eq(qd_config_load(mpath, NULL, &c, &e), QD_OK, "%s", e.msg);
+    cr_assert_eq(qd_config_set(c, "model.file", "b.yaml", "<command line>:1:1", &e), QD_OK,
+                 "%s", e.msg);
+    const qd_node *r = qd_config_root(c);
+    const qd_node *model = qd_node_get(r, "model");
+    cr_expect_eq(qd_node_len(model), 2, "the old keys and the sibling alpha are gone");
+    cr_expect_null(qd_node_get(model, "layers"));
+    cr_expect_null(qd_node_get(model, "alpha"));
+    cr_expect_str_eq(qd_node_str(qd_node_get(model, "kind")), "b");
+    cr_expect_str_eq(qd_node_str(qd_node_path(r, "model.head.n")), "7");
+    cr_expect_str_eq(qd_node_str(qd_node_path(r, "model.head.extra")), "2");
+    char bpath[600];
+    snprintf(bpath, sizeof bpath, "%s/b.yaml", tmpdir);
+    expect_at(qd_node_get(model, "kind"), bpath, 1, 7);
+    /* later overrides reach into the included mapping */
+    cr_expect_eq(qd_config_set(c, "model.head.n", "8", NULL, &e), QD_OK, "%s", e.msg);
+    cr_expect_str_eq(qd_node_str(qd_node_path(r, "model.head.n")), "8");
+    /* no `file` key is left: the tree emits to YAML that loads back the same */
+    char *y = qd_config_to_yaml(r);
+    cr_assert_not_null(y);
+    cr_expect_null(strstr(y, "file"), "%s", y);
+    qd_config *back = load_str(y);
+    expect_same(qd_config_root(back), r, "", 0);
+    qd_config_destroy(back);
+    free(y);
+
+    /* errors name the override and leave the tree as it was */
+    cr_expect_eq(qd_config_set(c, "model.file", "nope.yaml", "<command line>:2:1", &e),
+                 QD_ERR_IO);
+    char want[1400];
+    snprintf(want, sizeof want,
+             "<command line>:2:1: bad value 'nope.yaml' for 'model.file': cannot include "
+             "'nope.yaml': No such file or directory (looked for '%s/nope.yaml')", tmpdir);
+    expect_msg(&e, want);
+    cr_expect_eq(qd_config_set(c, "model.file", "list.yaml", "<command line>:3:1", &e),
+                 QD_ERR_MANIFEST);
+    snprintf(want, sizeof want,
+             "<command line>:3:1: bad value 'list.yaml' for 'model.file': %s/list.yaml:1:1: "
+             "the top level must be a mapping (key: value lines), not a sequence", tmpdir);
+    expect_msg(&e, want);
+    cr_expect_eq(qd_config_set(c, "model.file", "", "<command line>:4:1", &e), QD_ERR_INVALID);
+    expect_msg(&e, "<command line>:4:1: bad value for 'model.file': give the YAML file to "
+                   "include");
+    cr_expect_eq(qd_config_set(c, "model.file", "a\nb", "<command line>:5:1", &e),
+                 QD_ERR_INVALID);
+    expect_has(e.msg, "a control character in a file name");
+    cr_expect_eq(qd_config_set(c, "file", "a.yaml", "<command line>:6:1", &e), QD_ERR_INVALID);
+    expect_msg(&e, "<command line>:6:1: cannot set 'file': 'file' can only end a path below "
+                   "the top level (e.g. model.file=models/lenet.yaml replaces the model by "
+                   "that file's mapping)");
+    cr_expect_eq(qd_config_set(c, "model.file.x", "1", "<command line>:7:1", &e),
+                 QD_ERR_INVALID);
+    expect_has(e.msg, "cannot set 'model.file.x': 'file' can only end a path");
+    cr_expect_eq(qd_config_set(c, "model", "{file: a.yaml}", "<command line>:8:1", &e),
+                 QD_ERR_INVALID);
+    expect_has(e.msg, "not in an override (set KEY.file=PATH instead)");
+    cr_expect_str_eq(qd_node_str(qd_node_path(r, "model.kind")), "b");
+    cr_expect_eq(qd_node_len(qd_node_get(r, "model")), 2);
+    /* a path through a missing mapping creates it, like any override */
+    cr_expect_eq(qd_config_set(c, "extra.m.file", "c.yaml", NULL, &e), QD_OK, "%s", e.msg);
+    cr_expect_str_eq(qd_node_str(qd_node_path(r, "extra.m.n")), "7");
+    qd_config_destroy(c);
+    remove_tmpdir();
+}
+
 /* ------------------------------------------------------------------------
  * Emitting
  * ---------------------------------------------------------------------- */

@@ -234,7 +234,7 @@ static int load(report *rp)
         if (!r->cfg)
             continue;
         if (rp->sweep)
-            lab = results_label(qd_config_root(r->cfg), &rp->cfg_keys);
+            lab = results_label(qd_config_root(r->cfg), r->dir, &rp->cfg_keys);
         else
             lab = strdup(r->name);
         if (!lab)
@@ -660,7 +660,7 @@ static int sub_groups(const report *rp, const char *except, strv *out, size_t *i
         idx[i] = (size_t)-1;
         if (!rp->runs[i].res || !rp->runs[i].cfg)
             continue;
-        char *lab = results_label(qd_config_root(rp->runs[i].cfg), &keys);
+        char *lab = results_label(qd_config_root(rp->runs[i].cfg), rp->runs[i].dir, &keys);
         char *text = NULL;
         if (lab && keys.n == 0) {
             text = strdup("");

@@ -154,8 +154,8 @@ int cmd_table(cli *c, int argc, char **argv)
         } else {
             if (qd_json_get_number(json, std_path, &vstd[r], NULL) != QD_OK)
                 vstd[r] = NAN;
-            char *rl = results_label(qd_config_root(cfg), &rk),
-                 *cl = results_label(qd_config_root(cfg), &ck);
+            char *rl = results_label(qd_config_root(cfg), runs.v[r], &rk),
+                 *cl = results_label(qd_config_root(cfg), runs.v[r], &ck);
             if (!rl || !cl) {
                 free(rl);
                 free(cl);

@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 
 #include "qdistill/evaluate.h"
+#include "qdistill/fsutil.h"
 #include "results.h"
 
 int strv_push(strv *s, char *x)
@@ -138,17 +139,46 @@ int results_split_keys(const char *text, strv *out, const char *who)
     return 0;
 }
 
-char *results_label(const qd_node *root, const strv *keys)
+/* The value the run's overrides.txt ("KEY=VALUE" lines) gives key, the
+ * last line winning; malloc'd, NULL when none. */
+static char *override_value(const char *dir, const char *key)
+{
+    char *path = dir ? join2(dir, "/", "overrides.txt") : NULL;
+    void *data = NULL;
+    size_t len = 0;
+    int ok = path && qd_read_file(path, 1 << 20, &data, &len, NULL) == QD_OK;
+    free(path);
+    if (!ok)
+        return NULL;
+    char *found = NULL;
+    size_t kl = strlen(key);
+    for (char *line = data; line && *line;) {
+        char *nl = strchr(line, '\n');
+        if (nl)
+            *nl = '\0';
+        if (strncmp(line, key, kl) == 0 && line[kl] == '=') {
+            free(found);
+            found = strdup(line + kl + 1);
+        }
+        line = nl ? nl + 1 : NULL;
+    }
+    free(data);
+    return found;
+}
+
+char *results_label(const qd_node *root, const char *dir, const strv *keys)
 {
     char *s = strdup("");
     for (size_t k = 0; k < keys->n && s; ++k) {
         const qd_node *n = qd_node_path(root, keys->v[k]);
         char *v;
-        if (!n)
-            v = strdup("-");
-        else if (qd_node_kind(n) == QD_NODE_SCALAR)
+        if (!n) {
+            v = override_value(dir, keys->v[k]);
+            if (!v)
+                v = strdup("-");
+        } else if (qd_node_kind(n) == QD_NODE_SCALAR) {
             v = strdup(qd_node_str(n));
-        else {
+        } else {
             v = qd_config_to_yaml(n);
             for (char *c = v; c && *c; ++c)
                 if (*c == '\n')

@@ -37,10 +37,13 @@ int results_collect(const char *path, strv *runs, strv *grid_keys, const char *w
 int results_split_keys(const char *text, strv *out, const char *who);
 
 /* The configuration of a run for keys: the values of the keys in its
- * manifest tree ("-" when missing; a mapping or list as one-line YAML),
- * joined by RESULTS_SEP, a byte no manifest value holds. malloc'd. */
+ * manifest tree (a mapping or list as one-line YAML), else in the run
+ * directory's overrides.txt (dir may be NULL), else "-", joined by
+ * RESULTS_SEP, a byte no manifest value holds. malloc'd. overrides.txt is
+ * where `model.file=PATH` is found: the include replaced the mapping, so the
+ * resolved manifest holds no such key. */
 #define RESULTS_SEP "\x1f"
-char *results_label(const qd_node *root, const strv *keys);
+char *results_label(const qd_node *root, const char *dir, const strv *keys);
 /* A label for display: RESULTS_SEP becomes ", ". malloc'd. */
 char *results_shown(const char *label);
 

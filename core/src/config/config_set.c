@@ -101,6 +101,103 @@ static int has_file_key(const qd_node *n)
     return 0;
 }
 
+/* The value of a plain override: YAML text, located at the origin. */
+static int parse_plain(qd_config *cfg, const char *value, const char *where, const char *qp,
+                       const char *file, int line, int col, int depth, qd_node **out,
+                       qd_error *err)
+{
+    qd_parse_opts po = {NULL, NULL, 0, 0, depth};
+    qd_error perr;
+    qd_error_clear(&perr);
+    int rc = qd__parse_value(cfg, value ? value : "", value ? strlen(value) : 0, &po, out,
+                             &perr);
+    if (rc) {
+        char qv[QD_QUOTE_MAX];
+        return qd_error_set(err, rc, "%s: bad value '%s' for '%s': %s", where,
+                            qd__quote(value, qv), qp, perr.msg);
+    }
+    if (has_file_key(*out)) {
+        char qv[QD_QUOTE_MAX];
+        return qd_error_set(err, QD_ERR_INVALID,
+                            "%s: bad value '%s' for '%s': 'file' includes are resolved when "
+                            "the manifest is read, not in an override (set KEY.file=PATH "
+                            "instead)", where, qd__quote(value, qv), qp);
+    }
+    qd__relocate(*out, file, line, col);
+    return QD_OK;
+}
+
+/* The value of `a.file=PATH`: PATH's mapping, resolved relative to the
+ * manifest's directory like every path in it; its nodes keep their place in
+ * that file, so schema errors point into it. */
+static int parse_include(qd_config *cfg, const char *value, const char *where,
+                         const char *qp, const char *file, int depth, qd_node **out,
+                         qd_error *err)
+{
+    char qv[QD_QUOTE_MAX];
+    if (!value || !value[0])
+        return qd_error_set(err, QD_ERR_INVALID,
+                            "%s: bad value for '%s': give the YAML file to include", where,
+                            qp);
+    qd_strbuf t = {0};
+    qd__sb_puts(&t, "{file: \"");
+    for (const char *c = value; *c; c++) {
+        if ((unsigned char)*c < 0x20 || *c == 0x7f) {
+            free(qd__sb_take(&t));
+            return qd_error_set(err, QD_ERR_INVALID,
+                                "%s: bad value '%s' for '%s': a control character in a "
+                                "file name", where, qd__quote(value, qv), qp);
+        }
+        if (*c == '"' || *c == '\\')
+            qd__sb_add(&t, "\\", 1);
+        qd__sb_add(&t, c, 1);
+    }
+    qd__sb_puts(&t, "\"}");
+    char *text = qd__sb_take(&t);
+    const char *mf = cfg->root ? cfg->root->file : NULL;
+    const char *slash = mf ? strrchr(mf, '/') : NULL;
+    char *dir = NULL;
+    if (slash) {
+        size_t n = slash == mf ? 1 : (size_t)(slash - mf);
+        if ((dir = malloc(n + 1))) {
+            memcpy(dir, mf, n);
+            dir[n] = '\0';
+        }
+    }
+    if (!text || (slash && !dir)) {
+        free(text);
+        free(dir);
+        return qd_error_set(err, QD_ERR_NOMEM, "out of memory");
+    }
+    qd_parse_opts po = {file, dir ? dir : ".", 1, 0, depth};
+    qd_error perr;
+    qd_error_clear(&perr);
+    int rc = qd__parse_value(cfg, text, strlen(text), &po, out, &perr);
+    free(text);
+    free(dir);
+    if (rc) {
+        /* the text built above is no place to point at: drop its location
+         * (an error at the include) or its "included from" (an error inside
+         * the file); `where` says it better */
+        char msg[sizeof perr.msg];
+        const char *m = perr.msg;
+        size_t fl = strlen(file);
+        if (strncmp(m, file, fl) == 0 && m[fl] == ':' && strstr(m + fl, ": "))
+            m = strstr(m + fl, ": ") + 2;
+        snprintf(msg, sizeof msg, "%s", m);
+        char tail[300];
+        snprintf(tail, sizeof tail, " (included from %s:", file);
+        for (char *inc = strstr(msg, tail); inc; inc = strstr(inc + 1, tail))
+            if (!strchr(inc + strlen(tail), ' ')) {   /* the last, "...:1:8)" */
+                *inc = '\0';
+                break;
+            }
+        return qd_error_set(err, rc, "%s: bad value '%s' for '%s': %s", where,
+                            qd__quote(value, qv), qp, msg);
+    }
+    return QD_OK;
+}
+
 int qd_config_set(qd_config *cfg, const char *path, const char *value, const char *origin,
                   qd_error *err)
 {
@@ -119,6 +216,7 @@ int qd_config_set(qd_config *cfg, const char *path, const char *value, const cha
 
     /* check the path's shape before touching the tree */
     size_t nseg = 0;
+    int include = 0;   /* the path ends in `.file`: include that file there */
     for (const char *s = path;; s++) {
         const char *dot = strchr(s, '.');
         size_t len = dot ? (size_t)(dot - s) : strlen(s);
@@ -126,14 +224,20 @@ int qd_config_set(qd_config *cfg, const char *path, const char *value, const cha
             return qd_error_set(err, QD_ERR_INVALID,
                                 "%s: bad key path '%s': empty component (write a.b.c)", where,
                                 qp);
-        /* `file:` is an include, resolved only when a file is read: a `file`
-         * key set here would stay a plain key, and the tree would no longer
-         * emit to YAML that loads back (found by fuzzing). */
-        if (len == 4 && strncmp(s, "file", 4) == 0)
-            return qd_error_set(err, QD_ERR_INVALID,
-                                "%s: cannot set '%s': 'file' includes are resolved when the "
-                                "manifest is read (edit the manifest, or set the included "
-                                "keys instead)", where, qp);
+        /* `a.file=PATH` replaces the mapping at `a` by PATH's mapping, as a
+         * `file:` include would (the include is resolved here, so no `file`
+         * key is left in the tree: a plain one would not emit to YAML that
+         * loads back, found by fuzzing). `file` anywhere else is refused. */
+        if (len == 4 && strncmp(s, "file", 4) == 0) {
+            if (dot || nseg == 0)
+                return qd_error_set(err, QD_ERR_INVALID,
+                                    "%s: cannot set '%s': 'file' can only end a path below "
+                                    "the top level (e.g. model.file=models/lenet.yaml "
+                                    "replaces the model by that file's mapping)",
+                                    where, qp);
+            include = 1;
+            break;
+        }
         nseg++;
         if (!dot)
             break;
@@ -151,24 +255,12 @@ int qd_config_set(qd_config *cfg, const char *path, const char *value, const cha
     const char *file = qd__intern(cfg, oname);
     if (!file)
         return qd_error_set(err, QD_ERR_NOMEM, "out of memory");
-    qd_parse_opts po = {NULL, NULL, 0, 0, (int)nseg};
     qd_node *val = NULL;
-    qd_error perr;
-    qd_error_clear(&perr);
-    int rc = qd__parse_value(cfg, value ? value : "", value ? strlen(value) : 0, &po, &val, &perr);
-    if (rc) {
-        char qv[QD_QUOTE_MAX];
-        return qd_error_set(err, rc, "%s: bad value '%s' for '%s': %s", where,
-                            qd__quote(value, qv), qp, perr.msg);
-    }
-    if (has_file_key(val)) {
-        char qv[QD_QUOTE_MAX];
-        return qd_error_set(err, QD_ERR_INVALID,
-                            "%s: bad value '%s' for '%s': 'file' includes are resolved when "
-                            "the manifest is read, not in an override", where,
-                            qd__quote(value, qv), qp);
-    }
-    qd__relocate(val, file, oline, ocol);
+    int rc = include ? parse_include(cfg, value, where, qp, file, (int)nseg, &val, err)
+                     : parse_plain(cfg, value, where, qp, file, oline, ocol, (int)nseg, &val,
+                                   err);
+    if (rc)
+        return rc;
 
     qd_node *cur = cfg->root;
     const char *s = path;
