@@ -210,6 +210,11 @@ Test(cli, describe_model_and_circuit)
     cr_expect(strstr(out, "61706") && strstr(out, "fc3"), "LeNet has 61706 parameters:\n%s",
               out);
     free(out);
+    /* the authors' reading of the residual path: ReLU head, fc 10->10 after */
+    cr_assert_eq(qd(&out, NULL, "describe-model experiments/quickstart.yaml "
+                                "model.file=models/quantum-lenet-relu-residual.yaml"), 0);
+    cr_expect(strstr(out, "59345") && strstr(out, "rrelu") && strstr(out, "fc_out"), "%s", out);
+    free(out);
     char *err;
     cr_expect_eq(qd(&out, &err, "describe-model experiments/quickstart.yaml "
                                 "model.file=models/lenet.yaml"), 2);
