@@ -131,70 +131,25 @@ static int parse_plain(qd_config *cfg, const char *value, const char *where, con
  * manifest's directory like every path in it; its nodes keep their place in
  * that file, so schema errors point into it. */
 static int parse_include(qd_config *cfg, const char *value, const char *where,
-                         const char *qp, const char *file, int depth, qd_node **out,
-                         qd_error *err)
+                         const char *qp, int depth, qd_node **out, qd_error *err)
 {
     char qv[QD_QUOTE_MAX];
     if (!value || !value[0])
         return qd_error_set(err, QD_ERR_INVALID,
                             "%s: bad value for '%s': give the YAML file to include", where,
                             qp);
-    qd_strbuf t = {0};
-    qd__sb_puts(&t, "{file: \"");
-    for (const char *c = value; *c; c++) {
-        if ((unsigned char)*c < 0x20 || *c == 0x7f) {
-            free(qd__sb_take(&t));
-            return qd_error_set(err, QD_ERR_INVALID,
-                                "%s: bad value '%s' for '%s': a control character in a "
-                                "file name", where, qd__quote(value, qv), qp);
-        }
-        if (*c == '"' || *c == '\\')
-            qd__sb_add(&t, "\\", 1);
-        qd__sb_add(&t, c, 1);
-    }
-    qd__sb_puts(&t, "\"}");
-    char *text = qd__sb_take(&t);
     const char *mf = cfg->root ? cfg->root->file : NULL;
     const char *slash = mf ? strrchr(mf, '/') : NULL;
-    char *dir = NULL;
-    if (slash) {
-        size_t n = slash == mf ? 1 : (size_t)(slash - mf);
-        if ((dir = malloc(n + 1))) {
-            memcpy(dir, mf, n);
-            dir[n] = '\0';
-        }
-    }
-    if (!text || (slash && !dir)) {
-        free(text);
-        free(dir);
+    char *dir = slash ? strndup(mf, slash == mf ? 1 : (size_t)(slash - mf)) : NULL;
+    if (slash && !dir)
         return qd_error_set(err, QD_ERR_NOMEM, "out of memory");
-    }
-    qd_parse_opts po = {file, dir ? dir : ".", 1, 0, depth};
-    qd_error perr;
-    qd_error_clear(&perr);
-    int rc = qd__parse_value(cfg, text, strlen(text), &po, out, &perr);
-    free(text);
+    qd_error ierr;
+    qd_error_clear(&ierr);
+    int rc = qd__load_include(cfg, dir ? dir : ".", value, depth, out, &ierr);
     free(dir);
-    if (rc) {
-        /* the text built above is no place to point at: drop its location
-         * (an error at the include) or its "included from" (an error inside
-         * the file); `where` says it better */
-        char msg[sizeof perr.msg];
-        const char *m = perr.msg;
-        size_t fl = strlen(file);
-        if (strncmp(m, file, fl) == 0 && m[fl] == ':' && strstr(m + fl, ": "))
-            m = strstr(m + fl, ": ") + 2;
-        snprintf(msg, sizeof msg, "%s", m);
-        char tail[300];
-        snprintf(tail, sizeof tail, " (included from %s:", file);
-        for (char *inc = strstr(msg, tail); inc; inc = strstr(inc + 1, tail))
-            if (!strchr(inc + strlen(tail), ' ')) {   /* the last, "...:1:8)" */
-                *inc = '\0';
-                break;
-            }
+    if (rc)
         return qd_error_set(err, rc, "%s: bad value '%s' for '%s': %s", where,
-                            qd__quote(value, qv), qp, msg);
-    }
+                            qd__quote(value, qv), qp, ierr.msg);
     return QD_OK;
 }
 
@@ -256,7 +211,7 @@ int qd_config_set(qd_config *cfg, const char *path, const char *value, const cha
     if (!file)
         return qd_error_set(err, QD_ERR_NOMEM, "out of memory");
     qd_node *val = NULL;
-    int rc = include ? parse_include(cfg, value, where, qp, file, (int)nseg, &val, err)
+    int rc = include ? parse_include(cfg, value, where, qp, (int)nseg, &val, err)
                      : parse_plain(cfg, value, where, qp, file, oline, ocol, (int)nseg, &val,
                                    err);
     if (rc)

@@ -898,6 +898,33 @@ int qd__parse_value(qd_config *cfg, const char *text, size_t len, const qd_parse
     return parse_text(&ctx, text ? text : "", text ? len : 0, opts, out, err);
 }
 
+int qd__load_include(qd_config *cfg, const char *base_dir, const char *rel, int depth_base,
+                     qd_node **out, qd_error *err)
+{
+    *out = NULL;
+    char *path = join_path(base_dir, rel);
+    if (!path)
+        return qd_error_set(err, QD_ERR_NOMEM, "out of memory");
+    load_ctx ctx = {0};
+    ctx.cfg = cfg;
+    ctx.chain[0] = path;
+    ctx.real[0] = realpath(path, NULL);
+    int rc;
+    if (!ctx.real[0]) {
+        int e = errno;
+        char q[QD_QUOTE_MAX], qpath[QD_QUOTE_MAX];
+        rc = qd_error_set(err, QD_ERR_IO, "cannot include '%s': %s%s%s%s", qd__quote(rel, q),
+                          strerror(e), strcmp(path, rel) ? " (looked for '" : "",
+                          strcmp(path, rel) ? qd__quote(path, qpath) : "",
+                          strcmp(path, rel) ? "')" : "");
+    } else {
+        rc = load_file(&ctx, path, NULL, depth_base, out, err);
+    }
+    free(ctx.real[0]);
+    free(path);
+    return rc;
+}
+
 int qd_config_load(const char *path, const qd_config_limits *limits, qd_config **out,
                    qd_error *err)
 {
