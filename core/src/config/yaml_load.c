@@ -432,13 +432,24 @@ static char *join_path(const char *dir, const char *rel)
     return s;
 }
 
+/* "cannot include 'rel': <reason> (looked for 'path')" for a file realpath
+ * could not find. Quoted: the name may hold newlines, and messages are one
+ * line (found by fuzzing). */
+static void no_include(char *buf, size_t size, const char *rel, const char *path, int e)
+{
+    char q[QD_QUOTE_MAX], qpath[QD_QUOTE_MAX];
+    int other = strcmp(path, rel) != 0;
+    snprintf(buf, size, "cannot include '%s': %s%s%s%s", qd__quote(rel, q), strerror(e),
+             other ? " (looked for '" : "", other ? qd__quote(path, qpath) : "",
+             other ? "')" : "");
+}
+
 /* Resolve a `file:` include in mapping m (the frame just closed, at nesting
  * level `level`). On success *out is the merged mapping. */
 static int apply_include(doc *d, qd_node *m, long fi, int level, qd_node **out)
 {
     load_ctx *ctx = d->ctx;
     qd_node *fv = m->items[fi];
-    char q[QD_QUOTE_MAX];
     if (fv->type != QD_NODE_SCALAR || !fv->str[0]) {
         char ds[QD_QUOTE_MAX];
         return doc_error(d, fv->line, fv->col, QD_ERR_MANIFEST,
@@ -454,15 +465,9 @@ static int apply_include(doc *d, qd_node *m, long fi, int level, qd_node **out)
         return nomem(d);
     char *real = realpath(path, NULL);
     if (!real) {
-        int e = errno;
-        /* quoted: the path holds the file's text, which may hold newlines
-         * (messages are one line; found by fuzzing) */
-        char qpath[QD_QUOTE_MAX];
-        int rc = doc_error(d, fv->line, fv->col, QD_ERR_IO, "cannot include '%s': %s%s%s%s",
-                           qd__quote(fv->str, q), strerror(e),
-                           strcmp(path, fv->str) ? " (looked for '" : "",
-                           strcmp(path, fv->str) ? qd__quote(path, qpath) : "",
-                           strcmp(path, fv->str) ? "')" : "");
+        char msg[QD_ERROR_MSG_MAX];
+        no_include(msg, sizeof msg, fv->str, path, errno);
+        int rc = doc_error(d, fv->line, fv->col, QD_ERR_IO, "%s", msg);
         free(path);
         return rc;
     }
@@ -911,12 +916,9 @@ int qd__load_include(qd_config *cfg, const char *base_dir, const char *rel, int 
     ctx.real[0] = realpath(path, NULL);
     int rc;
     if (!ctx.real[0]) {
-        int e = errno;
-        char q[QD_QUOTE_MAX], qpath[QD_QUOTE_MAX];
-        rc = qd_error_set(err, QD_ERR_IO, "cannot include '%s': %s%s%s%s", qd__quote(rel, q),
-                          strerror(e), strcmp(path, rel) ? " (looked for '" : "",
-                          strcmp(path, rel) ? qd__quote(path, qpath) : "",
-                          strcmp(path, rel) ? "')" : "");
+        char msg[QD_ERROR_MSG_MAX];
+        no_include(msg, sizeof msg, rel, path, errno);
+        rc = qd_error_set(err, QD_ERR_IO, "%s", msg);
     } else {
         rc = load_file(&ctx, path, NULL, depth_base, out, err);
     }
