@@ -507,6 +507,58 @@ Test(manifest, quantum_section_without_quantum_layer, .init = setup_tmp)
     qd_manifest_destroy(m);
 }
 
+/* A distillation whose validation or baseline needs a validation split it
+ * does not have is refused before it starts, not after hours of distilling. */
+Test(manifest, distillation_needing_a_validation_split, .init = setup_tmp)
+{
+    const char *base = "name: v\n"
+                       "dataset: {plugin: synthetic}\n"
+                       "model: {layers: [{type: flatten}, {type: linear, out: 10}]}\n"
+                       "distill: {plugin: performance_matching, validate_every: 50}\n";
+    const char *p = write_tmp("noval.yaml", base);
+    qd_manifest *m = load(p, NULL, 0);
+    qd_diags d = {0};
+    cr_expect_eq(qd_manifest_validate(m, reg, &d), 2);
+    char want[800];
+    snprintf(want, sizeof want,
+             "%s:4:57: 'validate_every' in distill needs a validation split: set "
+             "dataset.validation (e.g. 5000)", p);
+    expect_diag(&d, want);
+    snprintf(want, sizeof want,
+             "%s:4:1: the evaluation's random-subset baseline (evaluate.baselines, default "
+             "true) tunes its learning rate on a validation split, and dataset.validation is "
+             "0: set it (e.g. 5000) or evaluate.baselines: false", p);
+    expect_diag(&d, want);
+    qd_diags_free(&d);
+    qd_manifest_destroy(m);
+
+    /* an explicit 0 is pointed at; baselines off and no validate_every: fine */
+    const char *ov[] = {"dataset.validation=0", "distill.validate_every=0"};
+    m = load(p, ov, 2);
+    d = (qd_diags){0};
+    cr_expect_eq(qd_manifest_validate(m, reg, &d), 1);
+    expect_diag(&d, "<command line>:1:1: the evaluation's random-subset baseline "
+                    "(evaluate.baselines, default true) tunes its learning rate on a "
+                    "validation split, and dataset.validation is 0: set it (e.g. 5000) or "
+                    "evaluate.baselines: false");
+    qd_diags_free(&d);
+    qd_manifest_destroy(m);
+    const char *off[] = {"distill.validate_every=0", "evaluate.baselines=false"};
+    m = load(p, off, 2);
+    d = (qd_diags){0};
+    size_t n = qd_manifest_validate(m, reg, &d);
+    expect_no_diags(&d, n);
+    qd_diags_free(&d);
+    qd_manifest_destroy(m);
+    const char *split[] = {"dataset.validation=0.1"};
+    m = load(p, split, 1);
+    d = (qd_diags){0};
+    n = qd_manifest_validate(m, reg, &d);
+    expect_no_diags(&d, n);
+    qd_diags_free(&d);
+    qd_manifest_destroy(m);
+}
+
 /* ------------------------------------------------------------------------
  * Validation problems
  * ---------------------------------------------------------------------- */
@@ -515,7 +567,7 @@ Test(manifest, unknown_plugins_are_named_with_suggestions, .init = setup_tmp)
 {
     qd_diags d;
     qd_manifest *m;
-    size_t n = validate_text("dataset: {plugin: mnsit, path: x}\n"
+    size_t n = validate_text("dataset: {plugin: mnsit, path: x, validation: 10}\n"
                              "distill: {plugin: performance_matchin}\n"
                              "simulator: {plugin: qiskit}\n",
                              NULL, 0, &m, &d);
@@ -672,7 +724,8 @@ Test(manifest, buggy_plugin_default_is_reported, .init = setup_tmp)
 {
     qd_diags d;
     qd_manifest *m;
-    size_t n = validate_text("distill: {plugin: buggy}\n", NULL, 0, &m, &d);
+    size_t n = validate_text("distill: {plugin: buggy}\nevaluate: {baselines: false}\n", NULL,
+                             0, &m, &d);
     cr_expect_eq(n, 1);
     expect_diag(&d, "<default>: 'n' in distiller 'buggy': expected an integer, got 'many'");
     qd_diags_free(&d);

@@ -6,6 +6,7 @@
 
 #include "cli.h"
 #include "qdistill/model.h"
+#include "qdistill/run.h"
 #include "qdistill/schema.h"
 
 static void table(const char *title, const char *intro, const qd_param *schema)
@@ -53,6 +54,11 @@ int cmd_docs(cli *c, int argc, char **argv)
           qd_dataset_core_schema());
     table("train", "Full-data training (`qdistill train`, and the reference row of results).",
           qd_train_schema());
+    table("distill (core keys)",
+          "Besides `plugin` and the distiller plugin's own keys (below), every distill section "
+          "accepts these; `validate_every` and the evaluation's baselines need "
+          "`dataset.validation` > 0, checked before anything runs.",
+          qd_distill_core_schema());
     table("evaluate", "The evaluation protocol for distilled sets.", qd_evaluate_schema());
 
     printf("## Model layers\n\n"

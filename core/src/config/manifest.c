@@ -677,6 +677,46 @@ static void default_comments(qd_strbuf *b, const qd_node *map, int indent, void 
     }
 }
 
+/* A distillation that needs the validation split and has none would fail
+ * only when it gets there, after the distilling: say so up front. Values of
+ * the wrong type were reported by the schemas. */
+static size_t check_validation_split(const qd_node *root, qd_diags *diags)
+{
+    const qd_node *distill = qd_node_get(root, "distill");
+    if (!distill || distill->type != QD_NODE_MAP)
+        return 0;
+    const qd_node *vn = qd_node_path(root, "dataset.validation");
+    double v = 0.0;
+    if (vn && qd_node_as_double(vn, &v, NULL) != QD_OK)
+        return 0;
+    if (v > 0.0)
+        return 0;
+    size_t count = 0;
+    const qd_node *every = qd_node_get(distill, "validate_every");
+    double e = 0.0;
+    if (every && qd_node_as_double(every, &e, NULL) == QD_OK && e > 0.0) {
+        qd_diags_add(diags, every,
+                     "'validate_every' in distill needs a validation split: set "
+                     "dataset.validation (e.g. 5000)");
+        count++;
+    }
+    const qd_node *ev = qd_node_get(root, "evaluate");
+    const qd_node *bn = ev && ev->type == QD_NODE_MAP ? qd_node_get(ev, "baselines") : NULL;
+    int baselines = 1;
+    if (bn && qd_node_as_bool(bn, &baselines, NULL) != QD_OK)
+        return count;
+    if (baselines) {
+        long di = qd__map_find(root, "distill");
+        qd_diags_add(diags, bn ? bn : (vn ? vn : root->keys[di]),
+                     "the evaluation's random-subset baseline%s tunes its learning rate on "
+                     "a validation split, and dataset.validation is 0: set it (e.g. 5000) "
+                     "or evaluate.baselines: false",
+                     bn ? "" : " (evaluate.baselines, default true)");
+        count++;
+    }
+    return count;
+}
+
 size_t qd_manifest_validate(qd_manifest *m, const qd_registry *reg, qd_diags *diags)
 {
     if (!m || !m->cfg || !m->cfg->root) {
@@ -744,6 +784,7 @@ size_t qd_manifest_validate(qd_manifest *m, const qd_registry *reg, qd_diags *di
         }
     }
 
+    count += check_validation_split(root, diags);
     count += fill_defaults(m, diags);
     return count;
 }
