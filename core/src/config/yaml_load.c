@@ -903,19 +903,18 @@ int qd__parse_value(qd_config *cfg, const char *text, size_t len, const qd_parse
     return parse_text(&ctx, text ? text : "", text ? len : 0, opts, out, err);
 }
 
-int qd__load_include(qd_config *cfg, const char *base_dir, const char *rel, int depth_base,
-                     qd_node **out, qd_error *err)
+/* A file as the top of a load context (depth_base: the nesting it starts
+ * at). For an include named `rel`, a path realpath cannot resolve is
+ * reported as an include; a top-level manifest leaves that to read_file. */
+static int load_top(qd_config *cfg, const char *path, const char *rel, int depth_base,
+                    qd_node **out, qd_error *err)
 {
-    *out = NULL;
-    char *path = join_path(base_dir, rel);
-    if (!path)
-        return qd_error_set(err, QD_ERR_NOMEM, "out of memory");
     load_ctx ctx = {0};
     ctx.cfg = cfg;
     ctx.chain[0] = path;
     ctx.real[0] = realpath(path, NULL);
     int rc;
-    if (!ctx.real[0]) {
+    if (!ctx.real[0] && rel) {
         char msg[QD_ERROR_MSG_MAX];
         no_include(msg, sizeof msg, rel, path, errno);
         rc = qd_error_set(err, QD_ERR_IO, "%s", msg);
@@ -923,6 +922,17 @@ int qd__load_include(qd_config *cfg, const char *base_dir, const char *rel, int 
         rc = load_file(&ctx, path, NULL, depth_base, out, err);
     }
     free(ctx.real[0]);
+    return rc;
+}
+
+int qd__load_include(qd_config *cfg, const char *base_dir, const char *rel, int depth_base,
+                     qd_node **out, qd_error *err)
+{
+    *out = NULL;
+    char *path = join_path(base_dir, rel);
+    if (!path)
+        return qd_error_set(err, QD_ERR_NOMEM, "out of memory");
+    int rc = load_top(cfg, path, rel, depth_base, out, err);
     free(path);
     return rc;
 }
@@ -938,13 +948,8 @@ int qd_config_load(const char *path, const qd_config_limits *limits, qd_config *
     qd_config *cfg = qd__config_new(limits);
     if (!cfg)
         return qd_error_set(err, QD_ERR_NOMEM, "out of memory");
-    load_ctx ctx = {0};
-    ctx.cfg = cfg;
-    ctx.chain[0] = path;
-    ctx.real[0] = realpath(path, NULL);
     qd_node *root = NULL;
-    int rc = load_file(&ctx, path, NULL, 0, &root, err);
-    free(ctx.real[0]);
+    int rc = load_top(cfg, path, NULL, 0, &root, err);
     if (rc) {
         qd_config_destroy(cfg);
         return rc;
