@@ -87,9 +87,15 @@ QD_EXPORT int qd_config_load_string(const char *text, size_t len,
 QD_EXPORT void qd_config_destroy(qd_config *cfg);
 QD_EXPORT const qd_node *qd_config_root(const qd_config *cfg);
 
-/* Set the scalar at a dotted path, creating mappings on the way. Used for
+/* Set the value at a dotted path, creating mappings on the way. Used for
  * command-line overrides; the new node's location is ("<override>", 0, col)
- * unless the caller names one. value is YAML text: "0.5", "true", "[1, 2]". */
+ * unless the caller names one. value is YAML text: "0.5", "true", "[1, 2]".
+ * A path ending in `.file` ("model.file") instead replaces the mapping before
+ * it by the top-level mapping of the YAML file named by value, resolved
+ * relative to the directory of the file the tree was loaded from; its nodes
+ * keep their locations in that file. `file` elsewhere in a path, and values
+ * holding a `file` key, are refused (QD_ERR_INVALID). On failure the tree is
+ * unchanged. */
 QD_EXPORT int qd_config_set(qd_config *cfg, const char *path, const char *value,
                             const char *origin, qd_error *err);
 
