@@ -139,9 +139,10 @@ typedef struct qd_parse_opts {
 } qd_parse_opts;
 int qd__parse_value(qd_config *cfg, const char *text, size_t len,
                     const qd_parse_opts *opts, qd_node **out, qd_error *err);
-/* The top-level mapping of the file rel (relative to base_dir), with its own
- * includes, nested from level depth_base: what `a.file=rel` puts at `a`. */
-int qd__load_include(qd_config *cfg, const char *base_dir, const char *rel, int depth_base,
+/* The top-level mapping of the file rel (relative to the directory of the
+ * file `from`; NULL: the working directory), with its own includes, nested
+ * from level depth_base: what `a.file=rel` puts at `a`. */
+int qd__load_include(qd_config *cfg, const char *from, const char *rel, int depth_base,
                      qd_node **out, qd_error *err);
 
 /* ---- emitting (emit.c) ---- */

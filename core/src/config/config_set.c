@@ -138,15 +138,10 @@ static int parse_include(qd_config *cfg, const char *value, const char *where,
         return qd_error_set(err, QD_ERR_INVALID,
                             "%s: bad value for '%s': give the YAML file to include", where,
                             qp);
-    const char *mf = cfg->root ? cfg->root->file : NULL;
-    const char *slash = mf ? strrchr(mf, '/') : NULL;
-    char *dir = slash ? strndup(mf, slash == mf ? 1 : (size_t)(slash - mf)) : NULL;
-    if (slash && !dir)
-        return qd_error_set(err, QD_ERR_NOMEM, "out of memory");
     qd_error ierr;
     qd_error_clear(&ierr);
-    int rc = qd__load_include(cfg, dir ? dir : ".", value, depth, out, &ierr);
-    free(dir);
+    int rc = qd__load_include(cfg, cfg->root ? cfg->root->file : NULL, value, depth, out,
+                              &ierr);
     if (rc)
         return qd_error_set(err, rc, "%s: bad value '%s' for '%s': %s", where,
                             qd__quote(value, qv), qp, ierr.msg);

@@ -925,11 +925,13 @@ static int load_top(qd_config *cfg, const char *path, const char *rel, int depth
     return rc;
 }
 
-int qd__load_include(qd_config *cfg, const char *base_dir, const char *rel, int depth_base,
+int qd__load_include(qd_config *cfg, const char *from, const char *rel, int depth_base,
                      qd_node **out, qd_error *err)
 {
     *out = NULL;
-    char *path = join_path(base_dir, rel);
+    char *dir = dir_of(from ? from : "");
+    char *path = dir ? join_path(dir, rel) : NULL;
+    free(dir);
     if (!path)
         return qd_error_set(err, QD_ERR_NOMEM, "out of memory");
     int rc = load_top(cfg, path, rel, depth_base, out, err);
